@@ -1,0 +1,51 @@
+/*
+ * Core RPCs: tenancy and features. Security invoker unless stated; RLS decides.
+ */
+
+-- The tenants the caller belongs to, for a tenant switcher (the token then carries the chosen one).
+create or replace function public.my_tenants()
+returns table (tenant_id uuid, slug text, name text, role public.member_role, active boolean)
+language sql stable
+security definer
+set search_path = ''
+as $$
+  select t.id, t.slug, t.name, m.role, m.active
+  from public.tenant_members m join public.tenants t on t.id = m.tenant_id
+  where m.user_id = (select auth.uid())
+  order by t.name
+$$;
+revoke execute on function public.my_tenants() from public, anon;
+grant execute on function public.my_tenants() to authenticated;
+
+-- Switch a feature on or off for the caller's tenant (owners and admins). Audited by the table trigger.
+create or replace function public.set_feature(feature text, enabled boolean, config jsonb default null)
+returns public.tenant_features
+language plpgsql
+set search_path = ''
+as $$
+declare
+  result public.tenant_features;
+begin
+  if (select private.tenant_id()) is null then
+    raise exception 'no active tenant in the token' using errcode = '42501';
+  end if;
+  insert into public.tenant_features (tenant_id, feature, enabled, config)
+  values ((select private.tenant_id()), set_feature.feature, set_feature.enabled, coalesce(set_feature.config, '{}'))
+  on conflict (tenant_id, feature) do update
+    set enabled = excluded.enabled, config = coalesce(set_feature.config, public.tenant_features.config)
+  returning * into result;
+  return result;
+end;
+$$;
+revoke execute on function public.set_feature(text, boolean, jsonb) from public, anon;
+grant execute on function public.set_feature(text, boolean, jsonb) to authenticated;
+
+-- Resolve a tenant given as a slug or an id (CLI and service code accept either).
+create or replace function private.resolve_tenant(ref text) returns uuid
+language sql stable
+set search_path = ''
+as $$
+  select t.id from public.tenants t
+  where t.slug = lower(ref) or t.id::text = lower(ref)
+$$;
+grant execute on function private.resolve_tenant(text) to service_role;
