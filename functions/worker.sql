@@ -193,3 +193,17 @@ grant execute on function private.enqueue_job(text, jsonb, uuid, timestamptz, te
   private.breaker_allow(text), private.breaker_record(text, boolean, text),
   private.breaker_configure(text, int, int)
   to service_role;
+
+-- Wait without failing (the module's breaker is open): back in the queue after `seconds`, the
+-- attempt not counted.
+create or replace function private.defer_job(worker text, job_id bigint, seconds int) returns void
+language sql
+set search_path = ''
+as $$
+  update private.jobs j
+  set status = 'queued', attempts = greatest(j.attempts - 1, 0), locked_by = null, locked_until = null,
+      run_at = now() + make_interval(secs => seconds)
+  where j.id = job_id and j.status = 'running' and j.locked_by = worker
+$$;
+revoke execute on function private.defer_job(text, bigint, int) from public;
+grant execute on function private.defer_job(text, bigint, int) to service_role;

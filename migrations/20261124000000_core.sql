@@ -744,3 +744,5 @@ revoke all on public.module_health from anon;
 -- functions in functions/worker.sql.
 grant all on all tables in schema private to service_role;
 grant all on all sequences in schema private to service_role;
+alter default privileges in schema private grant all on tables to service_role;
+alter default privileges in schema private grant all on sequences to service_role;

@@ -29,3 +29,20 @@ select (u.raw_app_meta_data ->> 'tenant_id')::uuid, u.id,
 from auth.users u
 where u.email like '%@demo.luna.local' or u.email like '%@demo-2.luna.local'
 on conflict (tenant_id, user_id) do nothing;
+
+-- Feature catalogue (areas add their own in their seeds) and a few tenant switches and overrides.
+insert into public.features (key, description, default_enabled) values
+  ('ai.autoreply', 'AI answers customers automatically when it can cite a source', false),
+  ('ai.qualification', 'AI scores and categorises new leads', true),
+  ('crm.round_robin', 'New leads are assigned to sales reps in turn', true)
+on conflict (key) do nothing;
+
+insert into public.tenant_features (tenant_id, feature, enabled) values
+  ('00000000-0000-4000-8000-000000000001', 'ai.autoreply', true),
+  ('00000000-0000-4000-8000-000000000002', 'ai.autoreply', false)
+on conflict (tenant_id, feature) do nothing;
+
+insert into public.role_permissions (tenant_id, role, module, action, allowed) values
+  ('00000000-0000-4000-8000-000000000001', 'supervisor', 'settings', 'manage', false),
+  ('00000000-0000-4000-8000-000000000002', 'agent', 'reports', 'export', true)
+on conflict (tenant_id, role, module, action) do nothing;

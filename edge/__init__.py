@@ -1,0 +1,1 @@
+"""LUNA edge: thin FastAPI layer. Verifies the caller, persists what came in, answers fast."""

@@ -1,0 +1,109 @@
+"""One JSON error shape for every failure:
+
+    {"error": {"code": "<machine-readable>", "message": "...", "details": ..., "hint": ...,
+               "sqlstate": "<when the database refused>", "correlation_id": "..."}}
+
+Database errors keep their SQLSTATE and message (as PostgREST does), mapped to an HTTP status.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("luna.edge")
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, *, details=None, hint: str | None = None,
+                 headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.details, self.hint, self.headers = details, hint, headers
+
+
+def error_body(request: Request, code: str, message: str, **extra) -> dict:
+    body = {"code": code, "message": message}
+    body.update({k: v for k, v in extra.items() if v is not None})
+    body["correlation_id"] = getattr(request.state, "correlation_id", None)
+    return {"error": body}
+
+
+# SQLSTATE -> (HTTP status, code). Our functions raise rule violations PostgREST's way, with
+# errcode 'PT<status>', and name a machine-readable code in the detail:
+#   raise exception 'Kapora needs a deposit amount' using errcode = 'PT422', detail = 'code=deposit_required';
+SQLSTATE_MAP = {
+    "42501": (403, "forbidden"),
+    "23505": (409, "conflict"),
+    "23503": (409, "foreign_key_violation"),
+    "23502": (422, "not_null_violation"),
+    "23514": (422, "check_violation"),
+    "23P01": (409, "exclusion_violation"),
+    "22P02": (400, "invalid_text_representation"),
+    "22023": (400, "invalid_parameter"),
+    "P0002": (404, "not_found"),
+    "40001": (503, "serialization_failure"),
+    "40P01": (503, "deadlock_detected"),
+    "57014": (504, "query_canceled"),
+}
+
+
+def from_db_error(exc: psycopg.Error) -> tuple[int, str]:
+    state = exc.sqlstate or ""
+    if state in SQLSTATE_MAP:
+        return SQLSTATE_MAP[state]
+    if state.startswith("PT") and state[2:].isdigit():  # PostgREST's convention: PT<http status>
+        return int(state[2:]), "rule_violation"
+    if state == "P0001":
+        return 400, "raise_exception"
+    if state.startswith("22") or state.startswith("23"):
+        return 400, "invalid_input"
+    return 500, "database_error"
+
+
+def install(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse(error_body(request, exc.code, exc.message, details=exc.details, hint=exc.hint),
+                            status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(psycopg.Error)
+    async def db_error(request: Request, exc: psycopg.Error):
+        status, code = from_db_error(exc)
+        diag = exc.diag
+        # A rule function may name its own code in the detail: "code=<name>".
+        detail = diag.message_detail
+        if detail and detail.startswith("code="):
+            code, _, detail = detail[5:].partition(";")
+            detail = detail.strip() or None
+        if status >= 500:
+            log.error("database error on %s: %s", request.url.path, exc)
+        return JSONResponse(error_body(request, code, diag.message_primary or str(exc), sqlstate=exc.sqlstate,
+                                       details=detail, hint=diag.message_hint), status_code=status)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        details = [{"loc": list(e.get("loc", [])), "msg": e.get("msg"), "type": e.get("type")} for e in exc.errors()]
+        return JSONResponse(error_body(request, "invalid_request", "the request does not match the schema",
+                                       details=details), status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        code = {404: "not_found", 405: "method_not_allowed", 413: "payload_too_large", 401: "unauthorized",
+                403: "forbidden"}.get(exc.status_code, f"http_{exc.status_code}")
+        message = exc.detail if isinstance(exc.detail, str) else code
+        if exc.status_code == 404 and message == "Not Found":
+            message = f"no route {request.method} {request.url.path}"
+        return JSONResponse(error_body(request, code, message), status_code=exc.status_code,
+                            headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return JSONResponse(error_body(request, "internal_error", "unexpected server error; quote the correlation id"),
+                            status_code=500)

@@ -1,0 +1,1 @@
+"""One router per area; each module exposes `router` (and optionally BODY_LIMITS)."""

@@ -1,0 +1,226 @@
+"""The `luna` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import json
+import pkgutil
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+from . import migrate as migrator
+from .settings import get_settings
+
+app = typer.Typer(help="LUNA: AI sales, marketing and support automation on Supabase / Postgres.",
+                  no_args_is_help=True, add_completion=False)
+db_app = typer.Typer(help="Migrations, seed data and the connection in use.", no_args_is_help=True)
+audit_app = typer.Typer(help="The tamper-evident audit chain.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(audit_app, name="audit")
+console = Console(stderr=True)
+
+
+def _url() -> str:
+    from .db import database_url
+
+    try:
+        return database_url()
+    except Exception as exc:  # the embedded server failed to start, or DATABASE_URL is unreachable
+        console.print(f"[red]cannot reach the database:[/] {exc}")
+        console.print("Set DATABASE_URL to a reachable Postgres, or unset it to use the embedded default.")
+        raise typer.Exit(2)
+
+
+def _migrate(url: str) -> migrator.Plan:
+    from rich.progress import Progress
+
+    try:
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task("migrating", total=None)
+            return migrator.migrate(url, progress=lambda kind, path: progress.update(task, description=f"{kind} {path.name}"))
+    except migrator.MigrationError as exc:
+        console.print(f"[red]migration failed:[/] {exc}")
+        raise typer.Exit(1)
+
+
+# --------------------------------------------------------------------------------------------- db
+@db_app.command("migrate")
+def db_migrate():
+    """Apply pending migrations and changed repeatable SQL (functions/, sql/). A second run is a no-op."""
+    applied = _migrate(_url())
+    if applied.empty:
+        console.print("already current: nothing to apply")
+    else:
+        for path in applied.shim + applied.migrations + applied.repeatables:
+            console.print(f"applied {path.relative_to(migrator.ROOT)}")
+
+
+@db_app.command("status")
+def db_status():
+    """Show applied and pending migrations as JSON."""
+    print(json.dumps(migrator.status(_url()), indent=2))
+
+
+@db_app.command("seed")
+def db_seed():
+    """Load the demo tenants, users and data (idempotent)."""
+    url = _url()
+    _migrate(url)
+    for path in migrator.seed(url):
+        console.print(f"seeded {path.relative_to(migrator.ROOT)}")
+
+
+@db_app.command("reset")
+def db_reset(yes: bool = typer.Option(False, "--yes", help="confirm: every row is deleted"),
+             seed: bool = typer.Option(True, help="load the demo data afterwards")):
+    """Drop the application database and rebuild it from the migrations."""
+    from .db import is_embedded
+
+    if not yes:
+        console.print("this deletes all data; run again with --yes")
+        raise typer.Exit(1)
+    url = _url()
+    if is_embedded():
+        from .embedded import APP_DB, with_database
+        import psycopg
+
+        with psycopg.connect(with_database(url, "postgres"), autocommit=True) as conn:
+            conn.execute(f"drop database if exists {APP_DB} with (force)")
+            conn.execute(f"create database {APP_DB}")
+    else:
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("drop schema if exists public, private, audit cascade; create schema public; "
+                         "grant usage on schema public to anon, authenticated, service_role; "
+                         "delete from supabase_migrations.schema_migrations; "
+                         "drop table if exists supabase_migrations.luna_checksums, supabase_migrations.luna_repeatables")
+    _migrate(url)
+    if seed:
+        migrator.seed(url)
+    console.print("reset done")
+
+
+@db_app.command("url")
+def db_url():
+    """Print the connection URL in use (DATABASE_URL, or the embedded server's)."""
+    print(_url())
+
+
+# ------------------------------------------------------------------------------------------ token
+@app.command()
+def token(user: str = typer.Option(..., "--user", help="e-mail or id of the user"),
+          tenant: Optional[str] = typer.Option(None, "--tenant", help="tenant slug or id (default: the user's own)"),
+          ttl: int = typer.Option(3600 * 24, help="lifetime in seconds"),
+          service: bool = typer.Option(False, "--service", help="mint a service_role key instead")):
+    """Mint a dev JWT signed with the local secret (what Supabase Auth would issue)."""
+    from . import tokens
+    from .db import connect
+
+    if service:
+        print(tokens.service_token())
+        return
+    _url()
+    with connect() as conn:
+        try:
+            print(tokens.mint(conn, user, tenant, ttl=ttl))
+        except (LookupError, PermissionError) as exc:
+            console.print(f"[red]{exc}[/]")
+            raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------------------ audit
+@audit_app.command("verify")
+def audit_verify(tenant: Optional[str] = typer.Option(None, "--tenant", help="tenant slug or id (default: all)")):
+    """Check the audit hash chain; lists every altered, inserted or missing event. Exit 1 if any."""
+    from .db import connect
+    from .tokens import resolve_tenant
+
+    _url()
+    with connect() as conn:
+        tenant_id = resolve_tenant(conn, tenant) if tenant else None
+        problems = conn.execute("select * from audit.verify(%s)", (tenant_id,)).fetchall()
+        count = conn.execute("select count(*) as n from audit.events where %s::uuid is null or tenant_id = %s",
+                             (tenant_id, tenant_id)).fetchone()["n"]
+    result = {"events": count, "ok": not problems,
+              "problems": [{k: str(v) if v is not None else None for k, v in p.items()} for p in problems]}
+    print(json.dumps(result, indent=2))
+    raise typer.Exit(0 if not problems else 1)
+
+
+# --------------------------------------------------------------------------------- api / worker / up
+@app.command()
+def api(host: Optional[str] = None, port: Optional[int] = None):
+    """Run edge (the FastAPI app) with uvicorn."""
+    import uvicorn
+
+    settings = get_settings()
+    _url()
+    uvicorn.run("edge.app:app_factory", factory=True, host=host or settings.api_host,
+                port=port or settings.api_port, log_level="info")
+
+
+@app.command()
+def worker(concurrency: Optional[int] = typer.Option(None, help="handlers running at once"),
+           queues: Optional[str] = typer.Option(None, help="comma-separated queue names (default: all)")):
+    """Run the worker: claim loops for every queue plus the scheduled jobs."""
+    from worker.runner import run_worker
+
+    url = _url()
+    try:
+        asyncio.run(run_worker(url, concurrency=concurrency, queues=queues.split(",") if queues else None))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def up(host: Optional[str] = None, port: Optional[int] = None,
+       no_worker: bool = typer.Option(False, "--no-worker", help="run edge only")):
+    """Run the whole system: database (embedded unless DATABASE_URL), migrations, demo seed, edge and worker."""
+    from .up import run_up
+
+    run_up(host=host, port=port, with_worker=not no_worker)
+
+
+# ------------------------------------------------------------------------------------------ bench
+@app.command()
+def bench(name: str = typer.Argument(..., help="benchmark name (see `luna bench list`)"),
+          quick: bool = typer.Option(False, "--quick", help="a small run that finishes in seconds")):
+    """Run a benchmark; prints one JSON object as its last line."""
+    from .bench import BENCHES, discover
+
+    discover()
+    if name == "list":
+        for key, fn in sorted(BENCHES.items()):
+            print(f"{key:12} {(fn.__doc__ or '').strip().splitlines()[0]}")
+        return
+    if name not in BENCHES:
+        console.print(f"[red]no benchmark {name!r}[/]; available: {', '.join(sorted(BENCHES))}")
+        raise typer.Exit(2)
+    result = BENCHES[name](quick=quick)
+    print(json.dumps(result))
+
+
+def _register_area_commands() -> None:
+    """Areas add their commands in luna/commands/<area>.py with a `register(app)` function."""
+    from . import commands
+
+    for info in pkgutil.iter_modules(commands.__path__):
+        module = importlib.import_module(f"luna.commands.{info.name}")
+        if hasattr(module, "register"):
+            module.register(app)
+
+
+_register_area_commands()
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

