@@ -11,7 +11,6 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
 
 from luna import __version__
 from luna.settings import get_settings
@@ -63,35 +62,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
         for path, kind in getattr(module, "BODY_LIMITS", {}).items():
             body_limits[path] = settings.max_upload_bytes if kind == "upload" else int(kind)
 
-    @app.middleware("http")
-    async def correlation_and_limits(request, call_next):
-        incoming = request.headers.get("x-correlation-id", "")
-        request.state.correlation_id = incoming if CORRELATION_RE.match(incoming) else uuid.uuid4().hex
-        limit = body_limits.get(request.url.path, settings.max_body_bytes)
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > limit):
-            return _too_large(request, limit)
-        if length is None and request.method in ("POST", "PUT", "PATCH"):
-            # Chunked bodies: count while reading.
-            receive = request.receive
-            seen = 0
-
-            async def limited_receive():
-                nonlocal seen
-                message = await receive()
-                seen += len(message.get("body", b""))
-                if seen > limit:
-                    raise _BodyTooLarge()
-                return message
-
-            request._receive = limited_receive
-        try:
-            response = await call_next(request)
-        except _BodyTooLarge:
-            return _too_large(request, limit)
-        response.headers["x-correlation-id"] = request.state.correlation_id
-        return response
-
+    app.add_middleware(RequestGuard, body_limits=body_limits, default_limit=settings.max_body_bytes)
     return app
 
 
@@ -99,10 +70,58 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _too_large(request, limit: int) -> JSONResponse:
-    return JSONResponse(errors.error_body(request, "payload_too_large", f"the body exceeds {limit} bytes",
-                                          hint="send a smaller body, or use the streamed upload endpoint"),
-                        status_code=413, headers={"x-correlation-id": request.state.correlation_id})
+class RequestGuard:
+    """Pure ASGI middleware: a correlation id on every request and response, and the body size limit
+    (by Content-Length up front, or counted while a chunked body streams in)."""
+
+    def __init__(self, app, body_limits: dict[str, int], default_limit: int):
+        self.app, self.body_limits, self.default_limit = app, body_limits, default_limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        incoming = headers.get("x-correlation-id", "")
+        cid = incoming if CORRELATION_RE.match(incoming) else uuid.uuid4().hex
+        scope.setdefault("state", {})["correlation_id"] = cid
+        limit = self.body_limits.get(scope["path"], self.default_limit)
+        started = False
+
+        async def send_with_id(message):
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                message.setdefault("headers", [])
+                message["headers"] = list(message["headers"]) + [(b"x-correlation-id", cid.encode())]
+            await send(message)
+
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > limit):
+            return await self._too_large(scope, send_with_id, cid, limit)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > limit:
+                raise _BodyTooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            if not started:
+                await self._too_large(scope, send_with_id, cid, limit)
+
+    @staticmethod
+    async def _too_large(scope, send, cid, limit):
+        body = json.dumps({"error": {"code": "payload_too_large", "message": f"the body exceeds {limit} bytes",
+                                     "hint": "send a smaller body, or use the streamed upload endpoint",
+                                     "correlation_id": cid}}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
 
 
 def app_factory() -> FastAPI:

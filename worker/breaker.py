@@ -16,13 +16,13 @@ class Breaker:
 
     async def allow(self, module: str) -> bool:
         async with self.pool.connection() as conn:
-            row = await (await conn.execute("select private.breaker_allow(%s)", (module,))).fetchone()
-            return bool(row[0])
+            row = await (await conn.execute("select private.breaker_allow(%s) as ok", (module,))).fetchone()
+            return bool(row["ok"])
 
     async def record(self, module: str, ok: bool, error: str | None = None) -> str:
         async with self.pool.connection() as conn:
-            row = await (await conn.execute("select private.breaker_record(%s, %s, %s)", (module, ok, error))).fetchone()
-            return row[0]
+            row = await (await conn.execute("select private.breaker_record(%s, %s, %s) as state", (module, ok, error))).fetchone()
+            return row["state"]
 
     @asynccontextmanager
     async def guard(self, module: str):

@@ -26,7 +26,7 @@ def serve(app, port: int | None = None):
     """Run an ASGI app with uvicorn in a thread on 127.0.0.1; yields its base URL."""
     port = port or free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="on", access_log=False))
+                                           lifespan="on", access_log=False, timeout_graceful_shutdown=1))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15
