@@ -25,7 +25,10 @@ def fresh_url(pg_url):
 @pytest.fixture
 def project_copy(tmp_path):
     for d in ("migrations", "functions", "sql", "seed", "supabase/shim"):
-        shutil.copytree(ROOT / d, tmp_path / d)
+        if (ROOT / d).exists():
+            shutil.copytree(ROOT / d, tmp_path / d)
+        else:
+            (tmp_path / d).mkdir(parents=True)
     return tmp_path
 
 
