@@ -26,9 +26,12 @@ revoke all on schema private from anon;
 create schema if not exists audit;
 grant usage on schema audit to service_role;
 
--- Default-deny execution: a function is callable only by the roles it is granted to.
-alter default privileges in schema private revoke execute on functions from public;
-alter default privileges in schema audit revoke execute on functions from public;
+-- Default-deny execution: a function is callable only by the roles it is granted to. (Per-schema
+-- default privileges cannot take away the global EXECUTE for PUBLIC, hence the global form.)
+alter default privileges revoke execute on functions from public;
+-- private is never exposed by the API; its functions are for the worker (service_role) and for
+-- policies evaluated as the signed-in user. anon gets nothing.
+alter default privileges in schema private grant execute on functions to authenticated, service_role;
 
 do $$ begin
   create type public.member_role as enum ('owner', 'admin', 'supervisor', 'agent', 'viewer');
@@ -117,7 +120,7 @@ create table public.tenant_members (
   unique (tenant_id, id),
   unique (tenant_id, user_id)
 );
-create index tenant_members_user_idx on public.tenant_members (user_id) where active;
+create index tenant_members_user_idx on public.tenant_members (user_id);
 create trigger set_updated_at before update on public.tenant_members
   for each row execute function private.set_updated_at();
 alter table public.tenant_members enable row level security;
@@ -179,6 +182,7 @@ create table public.tenant_features (
   unique (tenant_id, id),
   unique (tenant_id, feature)
 );
+create index tenant_features_feature_idx on public.tenant_features (feature);
 create trigger set_updated_at before update on public.tenant_features
   for each row execute function private.set_updated_at();
 alter table public.tenant_features enable row level security;
@@ -504,8 +508,7 @@ language plpgsql
 set search_path = ''
 as $$
 begin
-  raise exception 'audit.events is append-only' using errcode = 'insufficient_privilege',
-    hint = 'Retention purges go through audit.purge, which records itself.';
+  raise exception 'audit.events is append-only' using errcode = 'insufficient_privilege';
 end;
 $$;
 create trigger append_only before update or delete on audit.events
@@ -746,3 +749,10 @@ grant all on all tables in schema private to service_role;
 grant all on all sequences in schema private to service_role;
 alter default privileges in schema private grant all on tables to service_role;
 alter default privileges in schema private grant all on sequences to service_role;
+
+-- Functions created above before the default changed, or by the shim's defaults, stay closed too.
+revoke execute on all functions in schema private from public;
+revoke execute on all functions in schema audit from public;
+grant execute on all functions in schema private to authenticated, service_role;
+revoke execute on function private.enable_rls(text, text, text) from authenticated, service_role;
+grant execute on function audit.record(uuid, text, text, text, jsonb, jsonb) to authenticated, service_role;
