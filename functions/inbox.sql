@@ -1,0 +1,1246 @@
+/*
+ * Unified inbox: inbound event processing, contacts / conversations / messages, delivery statuses,
+ * routing, the send RPC with WhatsApp's 24-hour window, the outbound queue with shared rate-limit
+ * slots, templates, attribution. Tables: migrations/20261124030000_inbox.sql.
+ */
+
+-- ===========================================================================================
+-- Status rank: a delivery status only ever moves forward.
+-- ===========================================================================================
+create or replace function private.message_status_rank(status text) returns int
+language sql immutable
+set search_path = ''
+as $$
+  select case status
+    when 'note' then 0 when 'received' then 0 when 'queued' then 1 when 'sent' then 2
+    when 'failed' then 3 when 'delivered' then 4 when 'read' then 5 else 0 end
+$$;
+
+-- ===========================================================================================
+-- Inbound events: receipt (edge) and the worker's queue over private.inbound_events
+-- ===========================================================================================
+
+-- Store one raw event. A second delivery of the same provider event id changes nothing; returns the
+-- event's id and whether it was new.
+create or replace function private.receive_event(
+  provider text, provider_event_id text, payload jsonb, headers jsonb default '{}', raw bytea default null,
+  app_id text default null, channel_account uuid default null, malformed boolean default false
+) returns table (event_id bigint, inserted boolean)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  new_id bigint;
+begin
+  insert into private.inbound_events (provider, provider_event_id, payload, headers, raw, app_id, channel_account_id,
+                                      tenant_id, status, last_error)
+  values (provider, provider_event_id, payload, coalesce(headers, '{}'), raw, app_id, channel_account,
+          (select c.tenant_id from public.channel_accounts c where c.id = channel_account),
+          case when malformed then 'malformed' else 'received' end,
+          case when malformed then 'body is not valid JSON' end)
+  on conflict on constraint inbound_events_provider_provider_event_id_key do nothing
+  returning id into new_id;
+  if new_id is not null then
+    return query select new_id, true;
+  else
+    return query select e.id, false from private.inbound_events e
+      where e.provider = receive_event.provider and e.provider_event_id = receive_event.provider_event_id;
+  end if;
+end;
+$$;
+
+create or replace function private.notify_inbound() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform pg_notify('luna_inbox', 'inbound');
+  return null;
+end;
+$$;
+drop trigger if exists notify_inbound on private.inbound_events;
+create trigger notify_inbound after insert on private.inbound_events
+  for each statement execute function private.notify_inbound();
+
+create or replace function private.claim_inbound_events(worker text, n int, lease_seconds int)
+returns setof private.inbound_events
+language sql
+set search_path = ''
+as $$
+  update private.inbound_events e
+  set status = 'processing', locked_by = worker, attempts = e.attempts + 1,
+      locked_until = now() + make_interval(secs => lease_seconds)
+  where e.id in (
+    select q.id from private.inbound_events q
+    where q.status = 'received' and q.run_at <= now()
+    order by q.run_at, q.id
+    for update skip locked
+    limit n)
+  returning e.*
+$$;
+
+create or replace function private.complete_inbound_events(worker text, ids bigint[], results jsonb[] default null)
+returns int
+language sql
+set search_path = ''
+as $$
+  with done as (
+    update private.inbound_events e
+    set status = 'processed', locked_by = null, locked_until = null, last_error = null, processed_at = now(),
+        result = r.result
+    from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as r(id, result)
+    where e.id = r.id and e.status = 'processing' and e.locked_by = worker
+    returning 1
+  )
+  select count(*)::int from done
+$$;
+
+create or replace function private.fail_inbound_event(worker text, event_id bigint, error text, retryable boolean default true)
+returns text
+language sql
+set search_path = ''
+as $$
+  update private.inbound_events e
+  set status = case when retryable and e.attempts < e.max_attempts then 'received' else 'failed' end,
+      run_at = now() + make_interval(secs => least(power(2, e.attempts - 1), 3600)),
+      locked_by = null, locked_until = null, last_error = left(error, 4000)
+  where e.id = event_id and e.status = 'processing' and e.locked_by = worker
+  returning e.status
+$$;
+
+create or replace function private.release_inbound_events(worker text, ids bigint[] default null) returns int
+language sql
+set search_path = ''
+as $$
+  with released as (
+    update private.inbound_events e
+    set status = 'received', attempts = greatest(e.attempts - 1, 0), locked_by = null, locked_until = null
+    where e.status = 'processing' and e.locked_by = worker and (ids is null or e.id = any(ids))
+    returning 1
+  )
+  select count(*)::int from released
+$$;
+
+create or replace function private.defer_inbound_event(worker text, event_id bigint, seconds int) returns void
+language sql
+set search_path = ''
+as $$
+  update private.inbound_events e
+  set status = 'received', attempts = greatest(e.attempts - 1, 0), locked_by = null, locked_until = null,
+      run_at = now() + make_interval(secs => seconds)
+  where e.id = event_id and e.status = 'processing' and e.locked_by = worker
+$$;
+
+create or replace function private.rescue_inbound_events() returns int
+language sql
+set search_path = ''
+as $$
+  with rescued as (
+    update private.inbound_events e
+    set status = case when e.attempts < e.max_attempts then 'received' else 'failed' end,
+        last_error = 'lease expired (worker ' || coalesce(e.locked_by, '?') || ' stopped answering)',
+        locked_by = null, locked_until = null, run_at = now()
+    where e.status = 'processing' and e.locked_until < now()
+    returning 1
+  )
+  select count(*)::int from rescued
+$$;
+
+-- ===========================================================================================
+-- Contacts, conversations, messages
+-- ===========================================================================================
+
+-- Link a contact to a CRM customer by phone / e-mail (issue 5's customers), or create a lead for a
+-- new contact through the lead pipeline (source = channel). Both areas are optional: without their
+-- functions the contact simply stays unlinked.
+create or replace function private.inbox_link_contact(contact uuid) returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c public.contacts;
+  found_customer uuid;
+  lead record;
+begin
+  select * into c from public.contacts where id = contact;
+  if c.customer_id is not null or c.lead_id is not null then
+    return;
+  end if;
+  -- Another contact of the same person (same phone / e-mail) already linked: reuse its links.
+  select o.customer_id into found_customer from public.contacts o
+  where o.tenant_id = c.tenant_id and o.id <> c.id and o.customer_id is not null
+    and ((c.phone is not null and o.phone = c.phone) or (c.email is not null and lower(o.email) = lower(c.email)))
+  limit 1;
+  if found_customer is null and to_regclass('public.customers') is not null then
+    execute private.inbox_customer_lookup_sql() into found_customer using c.tenant_id, c.phone, lower(c.email);
+  end if;
+  if found_customer is not null then
+    update public.contacts set customer_id = found_customer where id = c.id;
+    return;
+  end if;
+  if to_regprocedure('private.ingest_lead(uuid, text, jsonb)') is not null then
+    execute 'select lead_id from private.ingest_lead($1, $2, $3)' into lead
+      using c.tenant_id, c.channel, jsonb_strip_nulls(jsonb_build_object(
+        'full_name', c.display_name, 'phone', c.phone, 'email', c.email, 'channel', c.channel,
+        'handle', c.handle, 'contact_id', c.id, 'attribution', c.attribution,
+        'utm_source', c.attribution ->> 'utm_source', 'utm_medium', c.attribution ->> 'utm_medium',
+        'utm_campaign', c.attribution ->> 'utm_campaign',
+        'campaign', coalesce(c.attribution ->> 'campaign_id', c.attribution ->> 'utm_campaign'),
+        'ad_id', c.attribution ->> 'source_id', 'ctwa_clid', c.attribution ->> 'ctwa_clid'));
+    if lead.lead_id is not null then
+      update public.contacts set lead_id = lead.lead_id where id = c.id;
+    end if;
+  end if;
+end;
+$$;
+
+-- The query that finds a customer by phone ($2) or e-mail ($3) in tenant $1; a function so the
+-- CRM's column names live in one place.
+create or replace function private.inbox_customer_lookup_sql() returns text
+language sql immutable
+set search_path = ''
+as $$
+  select 'select c.id from public.customers c where c.tenant_id = $1 and ((c.phone is not null and c.phone = $2) '
+         'or (c.email is not null and lower(c.email::text) = $3)) limit 1'
+$$;
+
+-- Upsert a contact by (channel, handle).
+create or replace function private.upsert_contact(tenant uuid, channel text, handle text, display_name text,
+                                                  phone text default null, email text default null,
+                                                  attribution jsonb default null)
+returns uuid
+language plpgsql
+set search_path = ''
+as $$
+declare
+  contact_id uuid;
+  created boolean;
+begin
+  insert into public.contacts (tenant_id, channel, handle, display_name, phone, email, attribution)
+  values (tenant, channel, handle, display_name, phone, lower(email), attribution)
+  on conflict (tenant_id, channel, handle) do update
+    set display_name = coalesce(excluded.display_name, public.contacts.display_name),
+        attribution = coalesce(public.contacts.attribution, excluded.attribution)
+  returning id, (xmax = 0) into contact_id, created;
+  if created then
+    perform private.inbox_link_contact(contact_id);
+  end if;
+  return contact_id;
+end;
+$$;
+
+/*
+ * One inbound message into the inbox: contact, conversation (reused while not resolved; e-mail by
+ * thread), the message (once per provider id), first-touch attribution, routing. Returns the
+ * message id, or null when the message was already there.
+ */
+create or replace function private.ingest_message(
+  channel uuid, handle text, display_name text, provider_message_id text, msg_type text, body text,
+  payload jsonb default '{}', attachments jsonb default '[]', occurred_at timestamptz default now(),
+  attribution jsonb default null, phone text default null, email text default null,
+  thread_key text default null, subject text default null, in_reply_to text default null,
+  direction text default 'inbound'
+) returns uuid
+language plpgsql
+set search_path = ''
+as $$
+declare
+  acc public.channel_accounts;
+  contact uuid;
+  conv public.conversations;
+  new_conv boolean := false;
+  msg_id uuid;
+begin
+  select * into acc from public.channel_accounts a where a.id = channel;
+  if acc.id is null then
+    raise exception 'unknown channel account %', channel using errcode = 'P0002';
+  end if;
+  -- Already stored: nothing to do (a redelivery or a replay).
+  if provider_message_id is not null and exists (select 1 from public.messages m where m.tenant_id = acc.tenant_id
+                                                   and m.provider_message_id = ingest_message.provider_message_id) then
+    return null;
+  end if;
+  contact := private.upsert_contact(acc.tenant_id, acc.kind, handle, display_name, phone, email, attribution);
+  -- One conversation per thread (e-mail) or per open contact conversation (chat channels).
+  if thread_key is not null then
+    select * into conv from public.conversations c
+    where c.tenant_id = acc.tenant_id and c.channel_account_id = acc.id and c.thread_key = ingest_message.thread_key;
+  else
+    select * into conv from public.conversations c
+    where c.tenant_id = acc.tenant_id and c.channel_account_id = acc.id and c.contact_id = contact
+      and c.status <> 'resolved'
+    order by c.created_at desc limit 1;
+  end if;
+  if conv.id is null then
+    insert into public.conversations (tenant_id, channel_account_id, contact_id, thread_key, subject, attribution)
+    values (acc.tenant_id, acc.id, contact, thread_key, subject, attribution)
+    on conflict (tenant_id, channel_account_id, thread_key) where thread_key is not null do nothing
+    returning * into conv;
+    if conv.id is null then  -- a concurrent worker created the thread's conversation
+      select * into conv from public.conversations c
+      where c.tenant_id = acc.tenant_id and c.channel_account_id = acc.id and c.thread_key = ingest_message.thread_key;
+    else
+      new_conv := true;
+      insert into public.conversation_events (tenant_id, conversation_id, event, data)
+      values (acc.tenant_id, conv.id, 'created', jsonb_build_object('channel', acc.kind));
+    end if;
+  end if;
+  insert into public.messages (tenant_id, conversation_id, direction, type, body, payload, attachments,
+                               provider_message_id, in_reply_to, status, created_at, sent_at)
+  values (acc.tenant_id, conv.id, direction, msg_type, body, coalesce(payload, '{}'), coalesce(attachments, '[]'),
+          provider_message_id, in_reply_to, case when direction = 'inbound' then 'received' else 'sent' end,
+          coalesce(occurred_at, now()), case when direction = 'outbound' then occurred_at end)
+  on conflict (tenant_id, provider_message_id) where provider_message_id is not null do nothing
+  returning id into msg_id;
+  if msg_id is null then
+    return null;
+  end if;
+  update public.conversations c
+  set last_message_at = greatest(coalesce(c.last_message_at, occurred_at), occurred_at),
+      last_inbound_at = case when direction = 'inbound'
+                             then greatest(coalesce(c.last_inbound_at, occurred_at), occurred_at) else c.last_inbound_at end,
+      status = case when direction = 'inbound' and c.status in ('resolved', 'snoozed') then 'open' else c.status end,
+      attribution = coalesce(c.attribution, ingest_message.attribution),
+      subject = coalesce(c.subject, ingest_message.subject)
+  where c.id = conv.id;
+  if new_conv and direction = 'inbound' then
+    perform private.route_conversation(conv.id);
+  end if;
+  return msg_id;
+end;
+$$;
+
+-- A delivery status for a message we sent (sent / delivered / read / failed), never backwards.
+create or replace function private.apply_message_status(tenant uuid, provider_message_id text, new_status text,
+                                                        at timestamptz default now(), error_code text default null,
+                                                        error_message text default null)
+returns boolean
+language sql
+set search_path = ''
+as $$
+  with updated as (
+    update public.messages m
+    set status = new_status,
+        sent_at = case when new_status in ('sent', 'delivered', 'read') then coalesce(m.sent_at, at) else m.sent_at end,
+        delivered_at = case when new_status in ('delivered', 'read') then coalesce(m.delivered_at, at) else m.delivered_at end,
+        read_at = case when new_status = 'read' then coalesce(m.read_at, at) else m.read_at end,
+        error_code = case when new_status = 'failed' then error_code else m.error_code end,
+        error_message = case when new_status = 'failed' then error_message else m.error_message end
+    where m.tenant_id = tenant and m.provider_message_id = apply_message_status.provider_message_id
+      and private.message_status_rank(new_status) > private.message_status_rank(m.status)
+    returning 1
+  )
+  select exists (select 1 from updated)
+$$;
+
+-- ---- WhatsApp Cloud API: object = whatsapp_business_account ---------------------------------
+create or replace function private.process_whatsapp_event(ev private.inbound_events) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  entry jsonb;
+  change jsonb;
+  val jsonb;
+  m jsonb;
+  s jsonb;
+  acc public.channel_accounts;
+  names jsonb;
+  msg_type text;
+  body text;
+  kind text;
+  media jsonb;
+  attachments jsonb;
+  referral jsonb;
+  err jsonb;
+  new_messages int := 0;
+  duplicates int := 0;
+  statuses int := 0;
+  unknown int := 0;
+begin
+  if ev.payload ->> 'object' is distinct from 'whatsapp_business_account' then
+    raise exception 'not a WhatsApp Business Account event (object=%)', ev.payload ->> 'object' using errcode = '22023';
+  end if;
+  for entry in select * from jsonb_array_elements(coalesce(ev.payload -> 'entry', '[]')) loop
+    for change in select * from jsonb_array_elements(coalesce(entry -> 'changes', '[]')) loop
+      val := change -> 'value';
+      if change ->> 'field' is distinct from 'messages' or val is null then
+        continue;
+      end if;
+      select * into acc from public.channel_accounts a
+      where a.kind = 'whatsapp' and a.external_id = val #>> '{metadata,phone_number_id}';
+      if acc.id is null then
+        unknown := unknown + 1;
+        continue;
+      end if;
+      names := coalesce((select jsonb_object_agg(c ->> 'wa_id', c #>> '{profile,name}')
+                         from jsonb_array_elements(coalesce(val -> 'contacts', '[]')) c), '{}');
+      for m in select * from jsonb_array_elements(coalesce(val -> 'messages', '[]')) loop
+        kind := m ->> 'type';
+        media := null;
+        attachments := '[]';
+        body := null;
+        case kind
+          when 'text' then msg_type := 'text'; body := m #>> '{text,body}';
+          when 'image', 'video', 'audio', 'document', 'sticker' then
+            msg_type := 'media';
+            media := m -> kind;
+            body := media ->> 'caption';
+            attachments := jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+              'kind', kind, 'provider_media_id', media ->> 'id', 'mime_type', media ->> 'mime_type',
+              'sha256', media ->> 'sha256', 'filename', media ->> 'filename')));
+          when 'interactive' then
+            msg_type := 'interactive';
+            body := coalesce(m #>> '{interactive,button_reply,title}', m #>> '{interactive,list_reply,title}');
+          when 'button' then msg_type := 'interactive'; body := m #>> '{button,text}';
+          when 'reaction' then msg_type := 'reaction'; body := m #>> '{reaction,emoji}';
+          when 'location' then msg_type := 'location'; body := m #>> '{location,name}';
+          when 'contacts' then msg_type := 'contacts';
+          else msg_type := 'unsupported';
+        end case;
+        referral := m -> 'referral';
+        if private.ingest_message(
+             acc.id, m ->> 'from', names ->> (m ->> 'from'), m ->> 'id', msg_type, body, m, attachments,
+             to_timestamp((m ->> 'timestamp')::double precision),
+             case when referral is not null then jsonb_strip_nulls(jsonb_build_object(
+               'source', 'ctwa', 'source_id', referral ->> 'source_id', 'source_url', referral ->> 'source_url',
+               'source_type', referral ->> 'source_type', 'headline', referral ->> 'headline',
+               'ctwa_clid', referral ->> 'ctwa_clid', 'media_type', referral ->> 'media_type')) end,
+             '+' || (m ->> 'from'), null, null, null, m #>> '{context,id}') is not null then
+          new_messages := new_messages + 1;
+        else
+          duplicates := duplicates + 1;
+        end if;
+      end loop;
+      for s in select * from jsonb_array_elements(coalesce(val -> 'statuses', '[]')) loop
+        err := s #> '{errors,0}';
+        if private.apply_message_status(acc.tenant_id, s ->> 'id', s ->> 'status',
+             to_timestamp((s ->> 'timestamp')::double precision),
+             err ->> 'code', coalesce(err #>> '{error_data,details}', err ->> 'message', err ->> 'title')) then
+          statuses := statuses + 1;
+        end if;
+      end loop;
+    end loop;
+  end loop;
+  return jsonb_build_object('messages', new_messages, 'duplicates', duplicates, 'statuses', statuses,
+                            'unknown_numbers', unknown);
+end;
+$$;
+
+-- ---- Instagram / Messenger: object = instagram | page, entry[].messaging[] --------------------
+create or replace function private.process_meta_messaging_event(ev private.inbound_events) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  entry jsonb;
+  e jsonb;
+  acc public.channel_accounts;
+  channel_kind text := case ev.payload ->> 'object' when 'instagram' then 'instagram' when 'page' then 'messenger' end;
+  msg jsonb;
+  msg_type text;
+  referral jsonb;
+  mid text;
+  new_messages int := 0;
+  duplicates int := 0;
+  statuses int := 0;
+begin
+  if channel_kind is null then
+    raise exception 'not an Instagram or Messenger event (object=%)', ev.payload ->> 'object' using errcode = '22023';
+  end if;
+  for entry in select * from jsonb_array_elements(coalesce(ev.payload -> 'entry', '[]')) loop
+    select * into acc from public.channel_accounts a where a.kind = channel_kind and a.external_id = entry ->> 'id';
+    if acc.id is null then
+      continue;
+    end if;
+    for e in select * from jsonb_array_elements(coalesce(entry -> 'messaging', '[]')) loop
+      msg := e -> 'message';
+      if msg is not null and not coalesce((msg ->> 'is_echo')::boolean, false) then
+        msg_type := case when msg ? 'attachments' then 'media' when msg ? 'quick_reply' then 'interactive' else 'text' end;
+        referral := coalesce(msg -> 'referral', e -> 'referral');
+        if private.ingest_message(
+             acc.id, e #>> '{sender,id}', null, msg ->> 'mid', msg_type, msg ->> 'text', e,
+             coalesce((select jsonb_agg(jsonb_strip_nulls(jsonb_build_object('kind', a ->> 'type', 'url', a #>> '{payload,url}')))
+                       from jsonb_array_elements(msg -> 'attachments') a), '[]'),
+             to_timestamp((e ->> 'timestamp')::double precision / 1000),
+             case when referral is not null then jsonb_strip_nulls(jsonb_build_object(
+               'source', lower(coalesce(referral ->> 'source', 'ads')), 'source_id', referral ->> 'ad_id',
+               'ref', referral ->> 'ref', 'source_type', referral ->> 'type')) end) is not null then
+          new_messages := new_messages + 1;
+        else
+          duplicates := duplicates + 1;
+        end if;
+      elsif e ? 'postback' then
+        mid := coalesce(e #>> '{postback,mid}', 'postback:' || (e #>> '{sender,id}') || ':' || (e ->> 'timestamp'));
+        if private.ingest_message(acc.id, e #>> '{sender,id}', null, mid, 'interactive', e #>> '{postback,title}', e,
+                                  '[]', to_timestamp((e ->> 'timestamp')::double precision / 1000)) is not null then
+          new_messages := new_messages + 1;
+        end if;
+      elsif e ? 'delivery' then
+        for mid in select jsonb_array_elements_text(coalesce(e #> '{delivery,mids}', '[]')) loop
+          if private.apply_message_status(acc.tenant_id, mid, 'delivered', to_timestamp((e ->> 'timestamp')::double precision / 1000)) then
+            statuses := statuses + 1;
+          end if;
+        end loop;
+      elsif e ? 'read' then
+        -- Messenger: everything sent before the watermark is read; Instagram names the mid.
+        with upd as (
+          update public.messages m set status = 'read', read_at = coalesce(m.read_at, now())
+          from public.conversations c, public.contacts ct
+          where c.id = m.conversation_id and ct.id = c.contact_id and c.channel_account_id = acc.id
+            and ct.handle = e #>> '{sender,id}' and m.direction = 'outbound' and m.tenant_id = acc.tenant_id
+            and private.message_status_rank(m.status) < private.message_status_rank('read')
+            and (m.provider_message_id = e #>> '{read,mid}'
+                 or m.sent_at <= to_timestamp((e #>> '{read,watermark}')::double precision / 1000))
+          returning 1)
+        select statuses + count(*) into statuses from upd;
+      end if;
+    end loop;
+  end loop;
+  return jsonb_build_object('messages', new_messages, 'duplicates', duplicates, 'statuses', statuses);
+end;
+$$;
+
+-- ---- Normalised messages (e-mail from IMAP, web chat, SMS, Telegram): one message per event ---
+-- payload: {from, name, phone, email, message_id, thread_key, subject, body, type, attachments,
+--           in_reply_to, date, attribution, direction}
+create or replace function private.process_normalized_event(ev private.inbound_events) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  p jsonb := ev.payload;
+  id uuid;
+begin
+  id := private.ingest_message(
+    ev.channel_account_id, p ->> 'from', p ->> 'name', p ->> 'message_id', coalesce(p ->> 'type', 'text'),
+    p ->> 'body', coalesce(p -> 'extra', '{}'), coalesce(p -> 'attachments', '[]'),
+    coalesce((p ->> 'date')::timestamptz, ev.received_at), p -> 'attribution', p ->> 'phone', p ->> 'email',
+    p ->> 'thread_key', p ->> 'subject', p ->> 'in_reply_to', coalesce(p ->> 'direction', 'inbound'));
+  return jsonb_build_object('messages', (id is not null)::int, 'duplicates', (id is null)::int);
+end;
+$$;
+
+-- The worker's one call per claimed event.
+create or replace function private.process_inbound_event(event_id bigint) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  ev private.inbound_events;
+begin
+  select * into ev from private.inbound_events e where e.id = event_id;
+  return case
+    when ev.provider = 'whatsapp' or ev.payload ->> 'object' = 'whatsapp_business_account' then private.process_whatsapp_event(ev)
+    when ev.payload ->> 'object' in ('instagram', 'page') then private.process_meta_messaging_event(ev)
+    else private.process_normalized_event(ev)
+  end;
+end;
+$$;
+
+-- ===========================================================================================
+-- Routing
+-- ===========================================================================================
+
+-- Assign (or reassign / transfer) with a timeline entry and realtime events. Internal.
+create or replace function private.assign_conversation(conv uuid, assignee uuid, team text, actor uuid,
+                                                       event text default 'assigned', note text default null)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c public.conversations;
+begin
+  select * into c from public.conversations where id = conv for update;
+  if c.assignee_id is not distinct from assignee and c.team is not distinct from coalesce(team, c.team) then
+    return;
+  end if;
+  update public.conversations set assignee_id = assignee, team = coalesce(assign_conversation.team, c.team) where id = conv;
+  if assignee is not null then
+    update public.agent_availability set last_assigned_at = clock_timestamp()
+    where tenant_id = c.tenant_id and user_id = assignee;
+  end if;
+  insert into public.conversation_events (tenant_id, conversation_id, event, actor_id, data)
+  values (c.tenant_id, conv, event, actor, jsonb_strip_nulls(jsonb_build_object(
+    'from', c.assignee_id, 'to', assignee, 'team', coalesce(assign_conversation.team, c.team), 'note', note)));
+  if assignee is not null then
+    perform private.broadcast('user:' || assignee, 'conversation_assigned',
+                              jsonb_build_object('conversation_id', conv, 'from', c.assignee_id));
+  end if;
+end;
+$$;
+
+-- Pick an agent for a new conversation by the first matching rule of its inbox. Returns the agent.
+create or replace function private.route_conversation(conv uuid) returns uuid
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c public.conversations;
+  rule public.routing_rules;
+  chosen uuid;
+begin
+  select * into c from public.conversations where id = conv;
+  select * into rule from public.routing_rules r
+  where r.tenant_id = c.tenant_id and r.active
+    and (r.channel_account_id is null or r.channel_account_id = c.channel_account_id)
+    and (r.match = '{}'::jsonb
+         or (r.match ? 'label' and (r.match ->> 'label') = any(c.labels))
+         or (r.match ? 'channel' and (r.match ->> 'channel') = (select a.kind from public.channel_accounts a where a.id = c.channel_account_id)))
+  order by r.position, (r.channel_account_id is null), r.created_at
+  limit 1;
+  if rule.id is null or rule.strategy = 'manual' then
+    return null;
+  end if;
+  -- Serialise assignments per tenant so round-robin turns never collide.
+  perform pg_advisory_xact_lock(hashtextextended('inbox-routing:' || c.tenant_id, 0));
+  with candidates as (
+    select av.user_id, av.last_assigned_at,
+           (select count(*) from public.conversations o where o.tenant_id = c.tenant_id and o.assignee_id = av.user_id
+              and o.status in ('open', 'pending')) as open_count, av.max_open
+    from public.agent_availability av
+    join public.tenant_members tm on tm.tenant_id = av.tenant_id and tm.user_id = av.user_id and tm.active
+    where av.tenant_id = c.tenant_id and av.status = 'online'
+      and (rule.team is null or rule.team = any(av.teams))
+      and av.skills @> rule.skills
+  )
+  select user_id into chosen from candidates
+  where open_count < max_open
+  order by
+    -- sticky: the agent of the contact's previous conversation first
+    case when rule.strategy = 'sticky' and user_id = (
+      select p.assignee_id from public.conversations p
+      where p.tenant_id = c.tenant_id and p.contact_id = c.contact_id and p.id <> c.id and p.assignee_id is not null
+      order by p.created_at desc limit 1) then 0 else 1 end,
+    case when rule.strategy = 'least_busy' then open_count else 0 end,
+    last_assigned_at nulls first, user_id
+  limit 1;
+  if chosen is not null then
+    perform private.assign_conversation(conv, chosen, rule.team, null, 'assigned', 'rule ' || rule.strategy);
+  end if;
+  return chosen;
+end;
+$$;
+
+-- Reassign or transfer (to another agent and/or team). Supervisors and up may move any conversation;
+-- an agent may transfer one assigned to them (or unassigned, to themselves).
+create or replace function public.assign_conversation(conversation uuid, assignee uuid default null,
+                                                      team text default null, note text default null)
+returns public.conversations
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  c public.conversations;
+  role public.member_role := (select private.tenant_role());
+begin
+  select * into c from public.conversations where id = conversation and tenant_id = (select private.tenant_id());
+  if c.id is null then
+    raise exception 'conversation not found' using errcode = 'P0002';
+  end if;
+  if not (select private.can('inbox', 'write')) then
+    raise exception 'no permission to assign conversations' using errcode = '42501';
+  end if;
+  if role not in ('owner', 'admin', 'supervisor')
+     and not (c.assignee_id = (select auth.uid()) or (c.assignee_id is null and assignee = (select auth.uid()))) then
+    raise exception 'only supervisors may reassign a colleague''s conversation' using errcode = '42501';
+  end if;
+  if assignee is not null and not exists (select 1 from public.tenant_members m
+                                          where m.tenant_id = c.tenant_id and m.user_id = assignee and m.active) then
+    raise exception 'the assignee is not an active member of this tenant' using errcode = 'PT422', detail = 'code=invalid_assignee';
+  end if;
+  perform private.assign_conversation(c.id, assignee, team, (select auth.uid()),
+    case when c.assignee_id is null then 'assigned' else 'transferred' end, note);
+  select * into c from public.conversations where id = c.id;
+  return c;
+end;
+$$;
+revoke execute on function public.assign_conversation(uuid, uuid, text, text) from public, anon;
+grant execute on function public.assign_conversation(uuid, uuid, text, text) to authenticated, service_role;
+
+-- Change a conversation's status (open / pending / snoozed / resolved), with a timeline entry.
+create or replace function public.set_conversation_status(conversation uuid, status text, snoozed_until timestamptz default null)
+returns public.conversations
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c public.conversations;
+  old text;
+begin
+  select c0.status into old from public.conversations c0 where c0.id = conversation;
+  update public.conversations c0
+  set status = set_conversation_status.status,
+      snoozed_until = case when set_conversation_status.status = 'snoozed' then set_conversation_status.snoozed_until end
+  where c0.id = conversation
+  returning * into c;
+  if c.id is null then
+    raise exception 'conversation not found' using errcode = 'P0002';
+  end if;
+  perform private.inbox_timeline(c.tenant_id, c.id, 'status', jsonb_build_object('from', old, 'to', status));
+  return c;
+end;
+$$;
+revoke execute on function public.set_conversation_status(uuid, text, timestamptz) from public, anon;
+grant execute on function public.set_conversation_status(uuid, text, timestamptz) to authenticated, service_role;
+
+create or replace function private.inbox_timeline(tenant uuid, conv uuid, event text, data jsonb) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  insert into public.conversation_events (tenant_id, conversation_id, event, actor_id, data)
+  values (tenant, conv, event, (select auth.uid()), data)
+$$;
+grant execute on function private.inbox_timeline(uuid, uuid, text, jsonb) to authenticated, service_role;
+
+-- Mark a conversation read by the caller (unread counts are inbound messages after this).
+create or replace function public.mark_conversation_read(conversation uuid) returns void
+language sql
+set search_path = ''
+as $$
+  insert into public.conversation_reads (tenant_id, conversation_id, user_id)
+  select c.tenant_id, c.id, (select auth.uid()) from public.conversations c where c.id = conversation
+  on conflict (conversation_id, user_id) do update set last_read_at = now()
+$$;
+revoke execute on function public.mark_conversation_read(uuid) from public, anon;
+grant execute on function public.mark_conversation_read(uuid) to authenticated;
+
+-- Link a contact to a customer by hand (the automatic match missed, or was wrong).
+create or replace function public.link_contact_customer(contact uuid, customer uuid) returns public.contacts
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c public.contacts;
+begin
+  update public.contacts set customer_id = customer where id = contact returning * into c;
+  if c.id is null then
+    raise exception 'contact not found' using errcode = 'P0002';
+  end if;
+  return c;
+end;
+$$;
+revoke execute on function public.link_contact_customer(uuid, uuid) from public, anon;
+grant execute on function public.link_contact_customer(uuid, uuid) to authenticated, service_role;
+
+-- ===========================================================================================
+-- Sending: one RPC for every channel; notes are stored and never sent.
+-- ===========================================================================================
+
+/*
+ * Queue a message to the conversation's contact. `template` = {"name": ..., "language": ...,
+ * "variables": [...]} sends an approved template (the only thing WhatsApp accepts outside the 24-hour
+ * customer-service window). With an idempotency key a repeated call returns the first message.
+ */
+create or replace function public.send_message(conversation uuid, body text default null, template jsonb default null,
+                                               idempotency_key text default null, media jsonb default null,
+                                               message_type text default null)
+returns public.messages
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  c public.conversations;
+  acc public.channel_accounts;
+  ct public.contacts;
+  tpl public.message_templates;
+  existing public.messages;
+  msg public.messages;
+  is_service boolean := coalesce((select auth.role()), '') = 'service_role' or current_user in ('service_role', 'postgres');
+  key text := coalesce(idempotency_key, gen_random_uuid()::text);
+  req jsonb;
+  mtype text;
+  window_open boolean;
+  last_email public.messages;
+  vars jsonb;
+begin
+  select * into c from public.conversations c0 where c0.id = conversation;
+  if c.id is null or (not is_service and c.tenant_id is distinct from (select private.tenant_id())) then
+    raise exception 'conversation not found' using errcode = 'P0002';
+  end if;
+  if not is_service then
+    if not (select private.can('inbox', 'write')) then
+      raise exception 'no permission to send messages' using errcode = '42501';
+    end if;
+    if not (select private.sees_all()) and c.assignee_id is distinct from (select auth.uid()) then
+      raise exception 'this conversation is assigned to someone else' using errcode = '42501';
+    end if;
+  end if;
+  -- Idempotency: the same key returns the first message and queues nothing.
+  select m.* into existing from public.outbound_messages o join public.messages m on m.id = o.message_id
+  where o.tenant_id = c.tenant_id and o.idempotency_key = key;
+  if existing.id is not null then
+    return existing;
+  end if;
+  select * into acc from public.channel_accounts a where a.id = c.channel_account_id;
+  select * into ct from public.contacts t where t.id = c.contact_id;
+  if template is not null then
+    select * into tpl from public.message_templates t
+    where t.tenant_id = c.tenant_id and t.channel_account_id = acc.id and t.name = template ->> 'name'
+      and t.language = coalesce(template ->> 'language', t.language)
+    order by (t.status = 'APPROVED') desc limit 1;
+    if tpl.id is null then
+      raise exception 'no template named % for this channel', template ->> 'name'
+        using errcode = 'PT422', detail = 'code=template_not_found';
+    end if;
+    if tpl.status <> 'APPROVED' and acc.kind = 'whatsapp' then
+      raise exception 'template % is %, only approved templates can be sent', tpl.name, tpl.status
+        using errcode = 'PT422', detail = 'code=template_not_approved';
+    end if;
+    vars := coalesce(template -> 'variables', '[]');
+    if jsonb_array_length(vars) <> tpl.variables then
+      raise exception 'template % needs % variables, got %', tpl.name, tpl.variables, jsonb_array_length(vars)
+        using errcode = 'PT422', detail = 'code=template_variables';
+    end if;
+    mtype := 'template';
+  else
+    if coalesce(trim(body), '') = '' and media is null then
+      raise exception 'a message needs a body, media or a template' using errcode = 'PT422', detail = 'code=empty_message';
+    end if;
+    mtype := coalesce(message_type, case when media is not null then 'media' when acc.kind = 'email' then 'email' else 'text' end);
+  end if;
+  -- WhatsApp's customer-service window: free-form messages only within 24 hours of the customer's
+  -- last message; afterwards only an approved template.
+  if acc.kind in ('whatsapp', 'instagram', 'messenger') and mtype <> 'template' then
+    window_open := c.last_inbound_at is not null and c.last_inbound_at > now() - interval '24 hours';
+    if not window_open then
+      raise exception 'outside the 24-hour customer service window: the customer last wrote %; send an approved template instead',
+        coalesce(to_char(c.last_inbound_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI "UTC"'), 'never')
+        using errcode = 'PT422', detail = 'code=outside_24h_window',
+              hint = 'call send_message with template => {"name": ..., "language": ..., "variables": [...]}';
+    end if;
+  end if;
+  req := jsonb_strip_nulls(jsonb_build_object(
+    'type', mtype, 'to', ct.handle, 'body', body, 'media', media,
+    'template', case when mtype = 'template' then jsonb_build_object('name', tpl.name, 'language', tpl.language,
+                                                                     'variables', vars, 'components', tpl.components) end));
+  if acc.kind = 'email' then
+    select * into last_email from public.messages m
+    where m.tenant_id = c.tenant_id and m.conversation_id = c.id and m.provider_message_id is not null
+    order by m.created_at desc limit 1;
+    req := req || jsonb_strip_nulls(jsonb_build_object(
+      'to', coalesce(ct.email, ct.handle),
+      'subject', case when c.subject is null then null when c.subject ilike 're:%' then c.subject else 'Re: ' || c.subject end,
+      'in_reply_to', last_email.provider_message_id,
+      'references', (select jsonb_agg(m.provider_message_id order by m.created_at) from public.messages m
+                     where m.tenant_id = c.tenant_id and m.conversation_id = c.id and m.provider_message_id is not null)));
+  end if;
+  insert into public.messages (tenant_id, conversation_id, direction, type, body, payload, status, sender_id)
+  values (c.tenant_id, c.id, 'outbound', mtype, coalesce(body, tpl.name), req, 'queued', (select auth.uid()))
+  returning * into msg;
+  insert into public.outbound_messages (tenant_id, message_id, channel_account_id, kind, recipient, request, idempotency_key)
+  values (c.tenant_id, msg.id, acc.id, acc.kind, coalesce(req ->> 'to', ct.handle), req, key);
+  update public.conversations set last_message_at = now() where id = c.id;
+  return msg;
+end;
+$$;
+revoke execute on function public.send_message(uuid, text, jsonb, text, jsonb, text) from public, anon;
+grant execute on function public.send_message(uuid, text, jsonb, text, jsonb, text) to authenticated, service_role;
+
+-- An internal note: visible to the team, never sent.
+create or replace function public.add_note(conversation uuid, body text) returns public.messages
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  c public.conversations;
+  msg public.messages;
+begin
+  select * into c from public.conversations c0 where c0.id = conversation and c0.tenant_id = (select private.tenant_id());
+  if c.id is null or not ((select private.sees_all()) or c.assignee_id = (select auth.uid())) then
+    raise exception 'conversation not found' using errcode = 'P0002';
+  end if;
+  if not (select private.can('inbox', 'write')) then
+    raise exception 'no permission to write notes' using errcode = '42501';
+  end if;
+  insert into public.messages (tenant_id, conversation_id, direction, type, body, status, sender_id)
+  values (c.tenant_id, c.id, 'internal', 'note', body, 'note', (select auth.uid()))
+  returning * into msg;
+  return msg;
+end;
+$$;
+revoke execute on function public.add_note(uuid, text) from public, anon;
+grant execute on function public.add_note(uuid, text) to authenticated, service_role;
+
+-- ===========================================================================================
+-- The outbound queue (worker). Claiming hands each message a rate-limit slot shared by all
+-- workers: per number (channel account settings.rate_per_s) and per tenant channel kind
+-- (tenant settings inbox.rate_per_s.<kind>); the worker waits for its slot, then sends.
+-- ===========================================================================================
+create or replace function private.claim_outbound(worker text, n int, lease_seconds int)
+returns setof public.outbound_messages
+language plpgsql
+set search_path = ''
+as $$
+declare
+  r record;
+  rate numeric;
+  kind_rate numeric;
+  slot timestamptz;
+  kind_slot timestamptz;
+  horizon interval := interval '2 seconds';
+  claimed uuid[] := '{}';
+begin
+  for r in
+    select o.id, o.channel_account_id, o.tenant_id, o.kind, a.settings as acc_settings, t.settings as tenant_settings
+    from public.outbound_messages o
+    join public.channel_accounts a on a.id = o.channel_account_id
+    join public.tenants t on t.id = o.tenant_id
+    where o.status = 'queued' and o.run_at <= now()
+    order by o.run_at, o.created_at
+    for update of o skip locked
+    limit n
+  loop
+    rate := nullif(r.acc_settings ->> 'rate_per_s', '')::numeric;
+    kind_rate := nullif(r.tenant_settings #>> array['inbox', 'rate_per_s', r.kind], '')::numeric;
+    slot := now();
+    if rate is not null and rate > 0 then
+      insert into private.send_slots (key) values ('channel:' || r.channel_account_id) on conflict do nothing;
+      select greatest(s.next_slot, now()) into slot from private.send_slots s
+      where s.key = 'channel:' || r.channel_account_id for update;
+    end if;
+    if kind_rate is not null and kind_rate > 0 then
+      insert into private.send_slots (key) values ('kind:' || r.tenant_id || ':' || r.kind) on conflict do nothing;
+      select greatest(s.next_slot, now()) into kind_slot from private.send_slots s
+      where s.key = 'kind:' || r.tenant_id || ':' || r.kind for update;
+      slot := greatest(slot, kind_slot);
+    end if;
+    -- Do not book slots far ahead: leave the rest for the next claim (or another worker).
+    if slot > now() + horizon then
+      continue;
+    end if;
+    if rate is not null and rate > 0 then
+      update private.send_slots set next_slot = slot + make_interval(secs => 1 / rate)
+      where key = 'channel:' || r.channel_account_id;
+    end if;
+    if kind_rate is not null and kind_rate > 0 then
+      update private.send_slots set next_slot = slot + make_interval(secs => 1 / kind_rate)
+      where key = 'kind:' || r.tenant_id || ':' || r.kind;
+    end if;
+    update public.outbound_messages o
+    set status = 'sending', locked_by = worker, attempts = o.attempts + 1, send_after = slot,
+        locked_until = slot + make_interval(secs => lease_seconds)
+    where o.id = r.id;
+    claimed := claimed || r.id;
+  end loop;
+  return query select o.* from public.outbound_messages o where o.id = any(claimed) order by o.send_after;
+end;
+$$;
+
+-- Sent: results[i] = {"provider_message_id": ...}. The message becomes 'sent' (unless a webhook
+-- status already moved it further).
+create or replace function private.complete_outbound(worker text, ids uuid[], results jsonb[] default null)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  n int;
+begin
+  with done as (
+    update public.outbound_messages o
+    set status = 'sent', locked_by = null, locked_until = null, last_error = null, error_code = null, sent_at = now(),
+        provider_message_id = r.result ->> 'provider_message_id'
+    from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as r(id, result)
+    where o.id = r.id and o.status = 'sending' and o.locked_by = worker
+    returning o.tenant_id, o.message_id, o.provider_message_id
+  ), msgs as (
+    update public.messages m
+    set provider_message_id = coalesce(m.provider_message_id, d.provider_message_id),
+        status = case when private.message_status_rank(m.status) < private.message_status_rank('sent') then 'sent' else m.status end,
+        sent_at = coalesce(m.sent_at, now())
+    from done d
+    where m.tenant_id = d.tenant_id and m.id = d.message_id
+    returning 1
+  )
+  select count(*)::int into n from msgs;
+  return n;
+end;
+$$;
+
+-- A failed attempt. The error text may start with "code=<provider code>: "; retryable errors
+-- retry with exponential backoff; the last or a permanent failure marks the message failed with
+-- the provider's reason.
+create or replace function private.fail_outbound(worker text, outbound_id uuid, error text, retryable boolean default true)
+returns text
+language plpgsql
+set search_path = ''
+as $$
+declare
+  o public.outbound_messages;
+  code text := substring(error from '^code=([^:\s]+)');
+  reason text := coalesce(substring(error from '^code=[^:\s]+:\s*(.*)$'), error);
+begin
+  update public.outbound_messages x
+  set status = case when retryable and x.attempts < x.max_attempts then 'queued' else 'failed' end,
+      run_at = now() + make_interval(secs => least(power(2, x.attempts - 1), 3600)),
+      locked_by = null, locked_until = null, last_error = left(error, 4000), error_code = code
+  where x.id = outbound_id and x.status = 'sending' and x.locked_by = worker
+  returning * into o;
+  if o.status = 'failed' then
+    update public.messages m
+    set status = 'failed', error_code = code, error_message = left(reason, 2000)
+    where m.tenant_id = o.tenant_id and m.id = o.message_id
+      and private.message_status_rank(m.status) < private.message_status_rank('failed');
+  end if;
+  return o.status;
+end;
+$$;
+
+create or replace function private.release_outbound(worker text, ids uuid[] default null) returns int
+language sql
+set search_path = ''
+as $$
+  with released as (
+    update public.outbound_messages o
+    set status = 'queued', attempts = greatest(o.attempts - 1, 0), locked_by = null, locked_until = null
+    where o.status = 'sending' and o.locked_by = worker and (ids is null or o.id = any(ids))
+    returning 1
+  )
+  select count(*)::int from released
+$$;
+
+create or replace function private.defer_outbound(worker text, outbound_id uuid, seconds int) returns void
+language sql
+set search_path = ''
+as $$
+  update public.outbound_messages o
+  set status = 'queued', attempts = greatest(o.attempts - 1, 0), locked_by = null, locked_until = null,
+      run_at = now() + make_interval(secs => seconds)
+  where o.id = outbound_id and o.status = 'sending' and o.locked_by = worker
+$$;
+
+create or replace function private.rescue_outbound() returns int
+language sql
+set search_path = ''
+as $$
+  with rescued as (
+    update public.outbound_messages o
+    set status = case when o.attempts < o.max_attempts then 'queued' else 'failed' end,
+        last_error = 'lease expired (worker ' || coalesce(o.locked_by, '?') || ' stopped answering)',
+        locked_by = null, locked_until = null, run_at = now()
+    where o.status = 'sending' and o.locked_until < now()
+    returning 1
+  )
+  select count(*)::int from rescued
+$$;
+
+create or replace function private.notify_outbound() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  perform pg_notify('luna_inbox', 'outbound');
+  return null;
+end;
+$$;
+drop trigger if exists notify_outbound on public.outbound_messages;
+create trigger notify_outbound after insert on public.outbound_messages
+  for each statement execute function private.notify_outbound();
+
+-- What the adapter needs to send: the channel's settings (never its credentials; the worker decrypts
+-- those itself from private.channel_credentials).
+create or replace function private.channel_for_worker(channel uuid)
+returns table (id uuid, tenant_id uuid, kind text, external_id text, settings jsonb, sync_state jsonb, secret text)
+language sql stable
+set search_path = ''
+as $$
+  select a.id, a.tenant_id, a.kind, a.external_id, a.settings, a.sync_state, cr.secret
+  from public.channel_accounts a left join private.channel_credentials cr on cr.channel_account_id = a.id
+  where a.id = channel
+$$;
+
+-- Credentials are written through this (already encrypted by luna/secrets.py); nothing reads them back
+-- except the worker's channel_for_worker.
+create or replace function private.set_channel_secret(channel uuid, secret text) returns void
+language sql
+set search_path = ''
+as $$
+  insert into private.channel_credentials (channel_account_id, tenant_id, secret)
+  select a.id, a.tenant_id, secret from public.channel_accounts a where a.id = channel
+  on conflict (channel_account_id) do update set secret = excluded.secret, updated_at = now()
+$$;
+
+-- IMAP sync position per folder.
+create or replace function private.save_sync_state(channel uuid, folder text, state jsonb) returns void
+language sql
+set search_path = ''
+as $$
+  update public.channel_accounts set sync_state = sync_state || jsonb_build_object(folder, state) where id = channel
+$$;
+
+-- Templates synced from WhatsApp (GET /{waba-id}/message_templates): upsert by name + language.
+create or replace function private.upsert_templates(channel uuid, templates jsonb) returns int
+language sql
+set search_path = ''
+as $$
+  with ins as (
+    insert into public.message_templates (tenant_id, channel_account_id, name, language, category, status, components,
+                                          variables, provider_template_id, rejected_reason, synced_at)
+    select a.tenant_id, a.id, t ->> 'name', t ->> 'language', coalesce(t ->> 'category', 'UTILITY'),
+           coalesce(t ->> 'status', 'PENDING'), coalesce(t -> 'components', '[]'),
+           (select count(*) from regexp_matches(coalesce((select c ->> 'text' from jsonb_array_elements(t -> 'components') c
+                                                          where c ->> 'type' = 'BODY' limit 1), ''), '\{\{\d+\}\}', 'g'))::int,
+           t ->> 'id', t ->> 'rejected_reason', now()
+    from public.channel_accounts a, jsonb_array_elements(templates) t
+    where a.id = channel
+    on conflict (tenant_id, channel_account_id, name, language) do update
+      set status = excluded.status, category = excluded.category, components = excluded.components,
+          variables = excluded.variables, provider_template_id = excluded.provider_template_id,
+          rejected_reason = excluded.rejected_reason, synced_at = now()
+    returning 1
+  )
+  select count(*)::int from ins
+$$;
+
+-- Meta Marketing API insights (rows of GET /act_<id>/insights?level=...&time_increment=1).
+create or replace function private.upsert_ad_insights(ad_account uuid, level text, rows jsonb) returns int
+language sql
+set search_path = ''
+as $$
+  with objs as (
+    insert into public.ad_objects (tenant_id, ad_account_id, level, external_id, parent_external_id, name)
+    select a.tenant_id, a.id, level, r ->> (level || '_id'),
+           case level when 'ad' then r ->> 'adset_id' when 'adset' then r ->> 'campaign_id' end, r ->> (level || '_name')
+    from public.ad_accounts a, jsonb_array_elements(rows) r where a.id = ad_account
+    on conflict (tenant_id, level, external_id) do update set name = coalesce(excluded.name, public.ad_objects.name)
+    returning 1
+  ), ins as (
+    insert into public.ad_insights_daily (tenant_id, ad_account_id, level, external_id, day, impressions, clicks, spend, actions)
+    select a.tenant_id, a.id, level, r ->> (level || '_id'), (r ->> 'date_start')::date,
+           coalesce((r ->> 'impressions')::bigint, 0), coalesce((r ->> 'clicks')::bigint, 0),
+           coalesce((r ->> 'spend')::numeric, 0), coalesce(r -> 'actions', '[]')
+    from public.ad_accounts a, jsonb_array_elements(rows) r where a.id = ad_account
+    on conflict (tenant_id, level, external_id, day) do update
+      set impressions = excluded.impressions, clicks = excluded.clicks, spend = excluded.spend, actions = excluded.actions
+    returning 1
+  )
+  select (select count(*)::int from ins) + 0 * (select count(*)::int from objs)
+$$;
+
+-- ===========================================================================================
+-- Realtime: per conversation (guarded by its visibility) and per inbox (those who see all).
+-- ===========================================================================================
+create or replace function private.can_join_inbox_topic(record_id text) returns boolean
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  rid uuid;
+begin
+  begin
+    rid := record_id::uuid;
+  exception when others then
+    return false;
+  end;
+  if not (select private.can('inbox', 'read')) then
+    return false;
+  end if;
+  -- An inbox (channel account): its stream is for those who see every conversation.
+  if exists (select 1 from public.channel_accounts a where a.id = rid and a.tenant_id = (select private.tenant_id())) then
+    return (select private.sees_all());
+  end if;
+  return exists (select 1 from public.conversations c
+                 where c.id = rid and c.tenant_id = (select private.tenant_id())
+                   and ((select private.sees_all()) or c.assignee_id = (select auth.uid())));
+end;
+$$;
+grant execute on function private.can_join_inbox_topic(text) to authenticated, service_role;
+insert into private.topic_guards values ('inbox', 'private.can_join_inbox_topic(text)')
+on conflict (area) do update set guard = excluded.guard;
+
+create or replace function private.broadcast_message() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  c public.conversations;
+  event text := case when tg_op = 'INSERT' then 'message_created' else 'message_status' end;
+  data jsonb;
+begin
+  if tg_op = 'UPDATE' and new.status is not distinct from old.status then
+    return null;
+  end if;
+  select * into c from public.conversations where id = new.conversation_id;
+  data := jsonb_build_object('conversation_id', new.conversation_id, 'message_id', new.id, 'direction', new.direction,
+                             'type', new.type, 'status', new.status);
+  perform private.broadcast('tenant:' || new.tenant_id || ':inbox:' || new.conversation_id, event, data);
+  perform private.broadcast('tenant:' || new.tenant_id || ':inbox:' || c.channel_account_id, event, data);
+  if c.assignee_id is not null and tg_op = 'INSERT' and new.direction = 'inbound' then
+    perform private.broadcast('user:' || c.assignee_id, 'unread', data);
+  end if;
+  return null;
+end;
+$$;
+drop trigger if exists broadcast_message on public.messages;
+create trigger broadcast_message after insert or update of status on public.messages
+  for each row execute function private.broadcast_message();
+
+create or replace function private.broadcast_conversation() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  data jsonb;
+begin
+  if new.assignee_id is not distinct from old.assignee_id and new.status is not distinct from old.status
+     and new.team is not distinct from old.team then
+    return null;
+  end if;
+  data := jsonb_build_object('conversation_id', new.id, 'status', new.status, 'assignee_id', new.assignee_id,
+                             'team', new.team);
+  perform private.broadcast('tenant:' || new.tenant_id || ':inbox:' || new.id, 'conversation_updated', data);
+  perform private.broadcast('tenant:' || new.tenant_id || ':inbox:' || new.channel_account_id, 'conversation_updated', data);
+  return null;
+end;
+$$;
+drop trigger if exists broadcast_conversation on public.conversations;
+create trigger broadcast_conversation after update on public.conversations
+  for each row execute function private.broadcast_conversation();
+
+-- Typing hints (ephemeral): broadcast only.
+create or replace function public.typing(conversation uuid) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if not private.can_join_inbox_topic(conversation::text) then
+    raise exception 'conversation not found' using errcode = 'P0002';
+  end if;
+  perform private.broadcast('tenant:' || (select private.tenant_id()) || ':inbox:' || conversation, 'typing',
+                            jsonb_build_object('user_id', (select auth.uid())));
+end;
+$$;
+revoke execute on function public.typing(uuid) from public, anon;
+grant execute on function public.typing(uuid) to authenticated;
+
+revoke execute on all functions in schema private from public;
+grant execute on function private.message_status_rank(text) to authenticated, service_role;
+grant execute on function
+  private.receive_event(text, text, jsonb, jsonb, bytea, text, uuid, boolean),
+  private.claim_inbound_events(text, int, int), private.complete_inbound_events(text, bigint[], jsonb[]),
+  private.fail_inbound_event(text, bigint, text, boolean), private.release_inbound_events(text, bigint[]),
+  private.defer_inbound_event(text, bigint, int), private.rescue_inbound_events(),
+  private.process_inbound_event(bigint),
+  private.claim_outbound(text, int, int), private.complete_outbound(text, uuid[], jsonb[]),
+  private.fail_outbound(text, uuid, text, boolean), private.release_outbound(text, uuid[]),
+  private.defer_outbound(text, uuid, int), private.rescue_outbound(),
+  private.channel_for_worker(uuid), private.set_channel_secret(uuid, text), private.save_sync_state(uuid, text, jsonb),
+  private.upsert_templates(uuid, jsonb), private.upsert_ad_insights(uuid, text, jsonb),
+  private.route_conversation(uuid), private.apply_message_status(uuid, text, text, timestamptz, text, text),
+  private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb, text, text, text, text, text, text),
+  private.inbox_link_contact(uuid), private.inbox_customer_lookup_sql(),
+  private.upsert_contact(uuid, text, text, text, text, text, jsonb),
+  private.process_whatsapp_event(private.inbound_events), private.process_meta_messaging_event(private.inbound_events),
+  private.process_normalized_event(private.inbound_events),
+  private.assign_conversation(uuid, uuid, text, uuid, text, text), private.inbox_timeline(uuid, uuid, text, jsonb)
+  to service_role;
