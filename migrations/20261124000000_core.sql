@@ -208,29 +208,40 @@ create trigger init_tenant after insert on public.tenants
 
 -- The caller's active tenant: the JWT's tenant_id claim, honoured only while the membership is active
 -- (a removed member loses access at once, not when the token expires).
+-- The helpers are plpgsql so their one query keeps a cached plan for the session.
 create or replace function private.tenant_id() returns uuid
-language sql stable
+language plpgsql stable
 security definer
 set search_path = ''
 as $$
-  select m.tenant_id
+declare
+  result uuid;
+begin
+  select m.tenant_id into result
   from public.tenant_members m
-  where m.user_id = (select auth.uid())
-    and m.tenant_id = nullif((select auth.jwt()) ->> 'tenant_id', '')::uuid
-    and m.active
+  where m.user_id = auth.uid()
+    and m.tenant_id = nullif(auth.jwt() ->> 'tenant_id', '')::uuid
+    and m.active;
+  return result;
+end;
 $$;
 
 -- The caller's role in the active tenant, read live from tenant_members (not from the token).
 create or replace function private.tenant_role() returns public.member_role
-language sql stable
+language plpgsql stable
 security definer
 set search_path = ''
 as $$
-  select m.role
+declare
+  result public.member_role;
+begin
+  select m.role into result
   from public.tenant_members m
-  where m.user_id = (select auth.uid())
-    and m.tenant_id = nullif((select auth.jwt()) ->> 'tenant_id', '')::uuid
-    and m.active
+  where m.user_id = auth.uid()
+    and m.tenant_id = nullif(auth.jwt() ->> 'tenant_id', '')::uuid
+    and m.active;
+  return result;
+end;
 $$;
 
 -- Defaults when role_permissions has no row: viewers read; agents read and write; supervisors
@@ -249,30 +260,44 @@ as $$
   end
 $$;
 
--- May the caller do `action` in `module` in their active tenant?
+-- May the caller do `action` in `module` in their active tenant? (One lookup: the membership and
+-- its override, if any.)
 create or replace function private.can(module text, action text) returns boolean
-language sql stable
+language plpgsql stable
 security definer
 set search_path = ''
 as $$
-  select coalesce(
-    (select p.allowed from public.role_permissions p
-      where p.tenant_id = (select private.tenant_id())
-        and p.role = (select private.tenant_role())
-        and p.module = can.module and p.action = can.action),
-    private.default_allowed((select private.tenant_role()), can.action),
-    false)
+declare
+  result boolean;
+begin
+  select coalesce(p.allowed, private.default_allowed(m.role, can.action)) into result
+  from public.tenant_members m
+  left join public.role_permissions p
+    on p.tenant_id = m.tenant_id and p.role = m.role and p.module = can.module and p.action = can.action
+  where m.user_id = auth.uid()
+    and m.tenant_id = nullif(auth.jwt() ->> 'tenant_id', '')::uuid
+    and m.active;
+  return coalesce(result, false);
+end;
 $$;
 
 -- False only for an agent whose tenant limits agents to their assigned records.
 create or replace function private.sees_all() returns boolean
-language sql stable
+language plpgsql stable
 security definer
 set search_path = ''
 as $$
-  select coalesce((select private.tenant_role()) <> 'agent', false)
-      or not coalesce((select p.agents_see_assigned_only from public.tenant_policies p
-                        where p.tenant_id = (select private.tenant_id())), false)
+declare
+  result boolean;
+begin
+  select m.role <> 'agent' or not coalesce(tp.agents_see_assigned_only, false) into result
+  from public.tenant_members m
+  left join public.tenant_policies tp on tp.tenant_id = m.tenant_id
+  where m.user_id = auth.uid()
+    and m.tenant_id = nullif(auth.jwt() ->> 'tenant_id', '')::uuid
+    and m.active;
+  return coalesce(result, false);
+end;
 $$;
 
 -- Active user ids of the caller's tenant (to see colleagues' profiles).
