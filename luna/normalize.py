@@ -1,0 +1,261 @@
+"""Lead data normalisation: small pure functions every area can import.
+
+    normalize_phone("0532 123 45 67")            -> "+905321234567"
+    normalize_email(" Ali@Örnek.COM.tr ")        -> "ali@örnek.com.tr"
+    domain_from(website="https://www.shop.acme.com.tr/x") -> "acme.com.tr"
+    domain_from(email="ali@gmail.com")           -> None   (free mail is never a company domain)
+
+phonenumbers, email-validator (no DNS) and tldextract (bundled public suffix list, offline) do the
+work; results are cached per distinct value so bulk imports never repeat it. `normalize_record` turns
+one raw row (any common header spelling) into the standard lead columns plus the reasons it is bad.
+"""
+
+from __future__ import annotations
+
+import codecs
+import re
+import unicodedata
+from functools import lru_cache
+from typing import Iterable
+
+import phonenumbers
+import tldextract
+from email_validator import EmailNotValidError, validate_email
+
+# Free / consumer mail providers: their domains never identify a company. Mirrored in SQL
+# (private.free_mail_domains) so the database's dedupe rule agrees.
+FREE_MAIL_DOMAINS = frozenset("""
+gmail.com googlemail.com hotmail.com hotmail.com.tr outlook.com outlook.com.tr live.com live.com.tr msn.com
+yahoo.com yahoo.com.tr ymail.com icloud.com me.com mac.com aol.com gmx.com gmx.de gmx.net web.de mail.com
+yandex.com yandex.com.tr yandex.ru mail.ru protonmail.com proton.me tutanota.com zoho.com windowslive.com
+mynet.com superonline.com ttmail.com turk.net hotmail.co.uk yahoo.co.uk qq.com 163.com
+""".split())
+
+STANDARD_COLUMNS = (
+    "company_name", "contact_name", "email", "phone", "website", "city", "country",
+    "utm_source", "utm_medium", "utm_campaign", "utm_content", "utm_term",
+)
+
+# Header spellings seen in exports (English and Turkish), folded with fold_header().
+HEADER_ALIASES = {
+    "company": "company_name", "company_name": "company_name", "companyname": "company_name",
+    "firma": "company_name", "firma_adi": "company_name", "sirket": "company_name", "sirket_adi": "company_name",
+    "organization": "company_name", "organisation": "company_name", "business": "company_name",
+    "name": "contact_name", "contact": "contact_name", "contact_name": "contact_name", "full_name": "contact_name",
+    "ad_soyad": "contact_name", "adi_soyadi": "contact_name", "isim": "contact_name", "yetkili": "contact_name",
+    "email": "email", "e_mail": "email", "mail": "email", "e_posta": "email", "eposta": "email",
+    "email_address": "email",
+    "phone": "phone", "phone_number": "phone", "telefon": "phone", "tel": "phone", "gsm": "phone",
+    "mobile": "phone", "cep": "phone", "cep_telefonu": "phone",
+    "website": "website", "web": "website", "url": "website", "web_sitesi": "website", "site": "website",
+    "city": "city", "sehir": "city", "il": "city",
+    "country": "country", "ulke": "country",
+    "source": "source", "kaynak": "source",
+    "utm_source": "utm_source", "utm_medium": "utm_medium", "utm_campaign": "utm_campaign",
+    "utm_content": "utm_content", "utm_term": "utm_term",
+    "unique_lead_id": "unique_lead_id", "external_id": "external_id",
+}
+
+_TR_UPPER = str.maketrans({"i": "İ", "ı": "I"})
+_TR_LOWER = str.maketrans({"İ": "i", "I": "ı"})
+_FOLD = str.maketrans({"ı": "i", "İ": "i", "ş": "s", "Ş": "s", "ğ": "g", "Ğ": "g", "ü": "u", "Ü": "u",
+                       "ö": "o", "Ö": "o", "ç": "c", "Ç": "c"})
+
+_extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+# ------------------------------------------------------------------------------------ Turkish text
+def tr_lower(text: str) -> str:
+    """Lower-case with Turkish rules: İ -> i, I -> ı."""
+    return text.translate(_TR_LOWER).lower()
+
+
+def tr_upper(text: str) -> str:
+    """Upper-case with Turkish rules: i -> İ, ı -> I."""
+    return text.translate(_TR_UPPER).upper()
+
+
+def tr_title(text: str) -> str:
+    """Title case word by word with Turkish rules ("İSTANBUL" -> "İstanbul", "ılgaz" -> "Ilgaz")."""
+    return " ".join(tr_upper(w[:1]) + tr_lower(w[1:]) for w in text.split())
+
+
+def clean_text(value) -> str | None:
+    """Trim, NFC-normalise and collapse whitespace; empty -> None."""
+    if value is None:
+        return None
+    text = unicodedata.normalize("NFC", str(value)).strip()
+    text = re.sub(r"\s+", " ", text)
+    return text or None
+
+
+def fold_header(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", tr_lower(name.strip().lstrip("\ufeff")).translate(_FOLD)).strip("_")
+
+
+# ------------------------------------------------------------------------------------------ values
+@lru_cache(maxsize=200_000)
+def normalize_phone(raw, region: str = "TR") -> str | None:
+    """A phone number in E.164 ("+905321234567"), read in `region` when it has no country code;
+    None when it is not a valid number."""
+    text = clean_text(raw)
+    if not text:
+        return None
+    if text.startswith("00"):
+        text = "+" + text[2:]
+    try:
+        number = phonenumbers.parse(text, region or "TR")
+    except phonenumbers.NumberParseException:
+        return None
+    if not phonenumbers.is_valid_number(number):
+        return None
+    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+
+
+@lru_cache(maxsize=200_000)
+def normalize_email(raw) -> str | None:
+    """A syntactically valid address, lower-cased (Turkish-aware), international domains kept; no DNS.
+    None when invalid."""
+    text = clean_text(raw)
+    if not text:
+        return None
+    text = text.removeprefix("mailto:").strip()
+    try:
+        result = validate_email(text, check_deliverability=False)
+    except EmailNotValidError:
+        return None
+    return tr_lower(result.normalized)
+
+
+@lru_cache(maxsize=200_000)
+def _registered_domain(host: str) -> str | None:
+    ext = _extract(host)
+    if not ext.domain or not ext.suffix:
+        return None
+    return f"{ext.domain}.{ext.suffix}"
+
+
+def clean_domain(value) -> str | None:
+    """The registrable domain of a URL or host name: scheme, credentials, port, path, www stripped,
+    public-suffix aware ("https://www.shop.acme.com.tr/x" -> "acme.com.tr")."""
+    text = clean_text(value)
+    if not text:
+        return None
+    text = tr_lower(text)
+    text = re.sub(r"^[a-z][a-z0-9+.-]*://", "", text)
+    text = text.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    text = text.rsplit("@", 1)[-1].split(":", 1)[0].strip(".")
+    if not text or " " in text or "." not in text:
+        return None
+    try:
+        text = text.encode("idna").decode("ascii") if not text.isascii() else text
+    except UnicodeError:
+        return None
+    return _registered_domain(text)
+
+
+def is_free_mail(domain: str | None) -> bool:
+    return bool(domain) and domain in FREE_MAIL_DOMAINS
+
+
+def domain_from(website=None, email=None) -> str | None:
+    """The company's domain: from the website, else from the e-mail unless it is a free-mail address."""
+    domain = clean_domain(website)
+    if domain and not is_free_mail(domain):
+        return domain
+    address = normalize_email(email) if email else None
+    if address:
+        domain = clean_domain(address.rsplit("@", 1)[1])
+        if domain and not is_free_mail(domain):
+            return domain
+    return None
+
+
+def unique_lead_id(domain: str | None, email: str | None, phone: str | None,
+                   company_name: str | None = None, external_id: str | None = None) -> str | None:
+    """The deterministic per-tenant identity key; the same rule as private.lead_key in SQL."""
+    if domain:
+        return "d:" + domain
+    if email:
+        return "e:" + email
+    if phone:
+        return "p:" + phone
+    if external_id:
+        return "x:" + external_id
+    if company_name:
+        return "c:" + tr_lower(company_name)
+    return None
+
+
+# ------------------------------------------------------------------------------------------ records
+def normalize_record(row: dict, region: str = "TR") -> tuple[dict, list[str]]:
+    """Map one raw row to the standard lead columns. Returns (lead, problems); a row with problems
+    is rejected by bulk imports (each problem is a short reason)."""
+    lead: dict = {}
+    for key, value in row.items():
+        if key is None:
+            continue
+        column = HEADER_ALIASES.get(fold_header(key))
+        text = clean_text(value)
+        if column and text and column not in lead:
+            lead[column] = text
+    problems: list[str] = []
+    raw_email, raw_phone = lead.get("email"), lead.get("phone")
+    if raw_email:
+        email = normalize_email(raw_email)
+        if email is None:
+            problems.append(f"invalid e-mail {raw_email!r}")
+        lead["email"] = email
+    if raw_phone:
+        phone = normalize_phone(raw_phone, region)
+        if phone is None:
+            problems.append(f"invalid phone {raw_phone!r}")
+        lead["phone"] = phone
+    if not lead.get("company_name"):
+        problems.append("no company name")
+    if not (lead.get("email") or lead.get("phone") or lead.get("website")) and not problems:
+        problems.append("no e-mail, phone or website")
+    if lead.get("city"):
+        lead["city"] = tr_title(lead["city"])
+    lead["domain_cleaned"] = domain_from(lead.get("website"), lead.get("email"))
+    lead["unique_lead_id"] = lead.get("unique_lead_id") or unique_lead_id(
+        lead["domain_cleaned"], lead.get("email"), lead.get("phone"), lead.get("company_name"), lead.get("external_id"))
+    return lead, problems
+
+
+# -------------------------------------------------------------------------------------------- CSV
+def sniff_encoding(head: bytes) -> str:
+    """utf-8-sig for UTF-8 (with or without BOM), utf-16 with its BOM, else Windows-1254 (Turkish
+    Excel's default export)."""
+    if head.startswith(codecs.BOM_UTF16_LE) or head.startswith(codecs.BOM_UTF16_BE):
+        return "utf-16"
+    try:
+        head.decode("utf-8")
+        return "utf-8-sig"
+    except UnicodeDecodeError as exc:
+        # A multi-byte character cut at the end of the sample is still UTF-8.
+        if exc.start >= len(head) - 3 and exc.reason == "unexpected end of data":
+            return "utf-8-sig"
+        return "cp1254"
+
+
+def iter_text(chunks: Iterable[bytes], encoding: str | None = None) -> Iterable[str]:
+    """Decode a byte stream incrementally (encoding sniffed from the first chunk when not given)."""
+    decoder = None
+    for chunk in chunks:
+        if not chunk:
+            continue
+        if decoder is None:
+            decoder = codecs.getincrementaldecoder(encoding or sniff_encoding(chunk[:65536]))(errors="replace")
+        text = decoder.decode(chunk)
+        if text:
+            yield text
+    if decoder is not None:
+        tail = decoder.decode(b"", final=True)
+        if tail:
+            yield tail
+
+
+__all__ = ["normalize_phone", "normalize_email", "domain_from", "clean_domain", "is_free_mail", "unique_lead_id",
+           "normalize_record", "tr_lower", "tr_upper", "tr_title", "clean_text", "sniff_encoding", "iter_text",
+           "FREE_MAIL_DOMAINS", "STANDARD_COLUMNS"]

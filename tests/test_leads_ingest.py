@@ -1,0 +1,96 @@
+"""Ingestion: the one SQL ingestion function, dedupe and merge rules, the set-based bulk path,
+CSV edge cases (bad rows reported by line, Windows-1254, BOM, quoted commas), re-upload."""
+
+import json
+
+import psycopg
+import pytest
+
+from luna.normalize import domain_from, normalize_email, normalize_phone, tr_title
+
+from .conftest import DEMO, DEMO2, as_user
+
+
+def ingest(conn, payload, source="form", tenant=DEMO):
+    return conn.execute("select * from private.ingest_lead(%s, %s, %s)",
+                        (tenant, source, psycopg.types.json.Jsonb(payload))).fetchone()
+
+
+def test_normalizers():
+    assert normalize_phone("0532 123 45 67") == "+905321234567"
+    assert normalize_phone("(212) 444 55 66") == "+902124445566"
+    assert normalize_phone("202-555-0143", "US") == "+12025550143"
+    assert normalize_phone("12345") is None
+    assert normalize_email(" Ali.VELİ@Firma.COM.TR ") == "ali.veli@firma.com.tr"
+    assert normalize_email("not-an-email@") is None
+    assert domain_from(website="https://www.shop.acme.com.tr/urunler?x=1") == "acme.com.tr"
+    assert domain_from(website="http://user@Acme.co.uk:8080") == "acme.co.uk"
+    assert domain_from(email="ali@gmail.com") is None
+    assert domain_from(website="gmail.com", email="x@hotmail.com.tr") is None
+    assert domain_from(email="ayse@gulusdis.com.tr") == "gulusdis.com.tr"
+    assert tr_title("İSTANBUL") == "İstanbul" and tr_title("ıĞDIR") == "Iğdır"
+
+
+def test_ingest_inserts_raw_and_logs(conn):
+    row = ingest(conn, {"company_name": "Acme", "email": "Info@ACME.com.tr", "phone": "0532 000 11 22",
+                        "website": "https://www.acme.com.tr/tr"})
+    assert row["action"] == "inserted"
+    lead = conn.execute("select * from leads where id = %s", (row["lead_id"],)).fetchone()
+    assert lead["processing_status"] == "RAW" and lead["next_orchestrator_module"] == "normalize"
+    assert lead["email"] == "info@acme.com.tr" and lead["phone"] == "+905320001122"
+    assert lead["domain_cleaned"] == "acme.com.tr" and lead["unique_lead_id"] == "d:acme.com.tr"
+    assert lead["raw"]["form"]["email"] == "Info@ACME.com.tr"
+    log = conn.execute("select * from processing_logs where lead_id = %s", (row["lead_id"],)).fetchall()
+    assert [(l["module"], l["action"], l["to_status"]) for l in log] == [("ingest", "insert", "RAW")]
+
+
+def test_merge_never_blanks_and_records_changes(conn):
+    first = ingest(conn, {"company_name": "Acme", "contact_name": "Ali", "email": "ali@acme.com", "city": "İzmir"})
+    second = ingest(conn, {"company_name": "", "phone": "05320001122", "website": "acme.com", "city": "Izmir"},
+                    source="csv")
+    assert second["lead_id"] == first["lead_id"] and second["action"] == "merged"
+    lead = conn.execute("select * from leads where id = %s", (first["lead_id"],)).fetchone()
+    assert lead["company_name"] == "Acme" and lead["contact_name"] == "Ali"
+    assert lead["phone"] == "+905320001122" and lead["city"] == "Izmir"
+    assert set(lead["raw"]) == {"form", "csv"}
+    merge = conn.execute("select detail from processing_logs where lead_id = %s and action = 'merge'",
+                         (first["lead_id"],)).fetchone()["detail"]
+    assert set(merge["changes"]) == {"phone", "website", "city"}
+    assert merge["changes"]["city"] == {"old": "İzmir", "new": "Izmir"}
+    assert conn.execute("select count(*) as n from leads where tenant_id = %s and company_name = 'Acme'",
+                        (DEMO,)).fetchone()["n"] == 1
+
+
+def test_dedupe_by_phone_and_free_mail_is_not_a_company(conn):
+    a = ingest(conn, {"contact_name": "Ayşe", "email": "ayse@gmail.com", "phone": "+90 532 999 88 77"})
+    b = ingest(conn, {"contact_name": "Mehmet", "email": "mehmet@gmail.com"})
+    assert a["lead_id"] != b["lead_id"], "gmail.com must not join two people into one company"
+    c = ingest(conn, {"company_name": "Ayşe Butik", "phone": "05329998877"}, source="inbox")
+    assert c["lead_id"] == a["lead_id"]
+    # the same identity in another tenant is another lead
+    d = ingest(conn, {"contact_name": "Ayşe", "phone": "05329998877"}, tenant=DEMO2)
+    assert d["action"] == "inserted"
+
+
+def test_unidentifiable_lead_refused(conn):
+    with pytest.raises(psycopg.Error) as err:
+        ingest(conn, {"city": "Ankara"})
+    assert err.value.sqlstate == "PT422"
+
+
+def test_status_machine_refuses_skipping(conn):
+    lead = ingest(conn, {"company_name": "Atla", "email": "x@atla.com"})["lead_id"]
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("update leads set processing_status = 'QUALIFIED' where id = %s", (lead,))
+    assert err.value.sqlstate == "PT409"
+    conn.execute("update leads set processing_status = 'NORMALIZED' where id = %s", (lead,))
+    assert conn.execute("select next_orchestrator_module as m from leads where id = %s",
+                        (lead,)).fetchone()["m"] == "enrich"
+
+
+def test_rls_tenant_isolation_on_leads(conn):
+    with as_user(conn, "agent@demo.luna.local", rollback=True) as cur:
+        rows = cur.execute("select distinct tenant_id from leads").fetchall()
+        assert [str(r["tenant_id"]) for r in rows] == [DEMO]
+    with as_user(conn, "agent@demo-2.luna.local", rollback=True) as cur:
+        assert cur.execute("select count(*) as n from processing_logs where tenant_id = %s", (DEMO,)).fetchone()["n"] == 0
