@@ -95,7 +95,9 @@ def db_reset(yes: bool = typer.Option(False, "--yes", help="confirm: every row i
         import psycopg
 
         with psycopg.connect(url, autocommit=True) as conn:
+            # Users go too: their profiles and memberships are rebuilt by the seed.
             conn.execute("drop schema if exists public, private, audit cascade; create schema public; "
+                         "delete from auth.users; "
                          "grant usage on schema public to anon, authenticated, service_role; "
                          "delete from supabase_migrations.schema_migrations; "
                          "drop table if exists supabase_migrations.luna_checksums, supabase_migrations.luna_repeatables")

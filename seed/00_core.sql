@@ -23,6 +23,12 @@ from (values
 ) as u(id, email, full_name, tenant_id)
 on conflict (id) do nothing;
 
+-- Profiles normally come from the auth.users trigger; this covers users that existed before it.
+insert into public.profiles (id, email, full_name)
+select u.id, u.email, u.raw_user_meta_data ->> 'full_name' from auth.users u
+where u.email like '%@demo.luna.local' or u.email like '%@demo-2.luna.local'
+on conflict (id) do nothing;
+
 insert into public.tenant_members (tenant_id, user_id, role)
 select (u.raw_app_meta_data ->> 'tenant_id')::uuid, u.id,
        (case split_part(u.email, '@', 1) when 'agent2' then 'agent' else split_part(u.email, '@', 1) end)::public.member_role
