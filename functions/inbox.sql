@@ -29,6 +29,7 @@ create or replace function private.receive_event(
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   new_id bigint;
 begin
@@ -53,6 +54,7 @@ create or replace function private.notify_inbound() returns trigger
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 begin
   perform pg_notify('luna_inbox', 'inbound');
   return null;
@@ -157,6 +159,7 @@ create or replace function private.inbox_link_contact(contact uuid) returns void
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.contacts;
   found_customer uuid;
@@ -176,20 +179,31 @@ begin
   end if;
   if found_customer is not null then
     update public.contacts set customer_id = found_customer where id = c.id;
+    if c.attribution is not null and to_regclass('public.customers') is not null then
+      execute 'update public.customers set attribution = $2 where id = $1 and attribution = ''{}''::jsonb'
+        using found_customer, c.attribution;
+    end if;
     return;
   end if;
   if to_regprocedure('private.ingest_lead(uuid, text, jsonb)') is not null then
-    execute 'select lead_id from private.ingest_lead($1, $2, $3)' into lead
-      using c.tenant_id, c.channel, jsonb_strip_nulls(jsonb_build_object(
-        'full_name', c.display_name, 'phone', c.phone, 'email', c.email, 'channel', c.channel,
-        'handle', c.handle, 'contact_id', c.id, 'attribution', c.attribution,
-        'utm_source', c.attribution ->> 'utm_source', 'utm_medium', c.attribution ->> 'utm_medium',
-        'utm_campaign', c.attribution ->> 'utm_campaign',
-        'campaign', coalesce(c.attribution ->> 'campaign_id', c.attribution ->> 'utm_campaign'),
-        'ad_id', c.attribution ->> 'source_id', 'ctwa_clid', c.attribution ->> 'ctwa_clid'));
-    if lead.lead_id is not null then
-      update public.contacts set lead_id = lead.lead_id where id = c.id;
-    end if;
+    -- A failing lead (say, nothing to identify it by) must never lose the message: a savepoint.
+    begin
+      execute 'select lead_id from private.ingest_lead($1, $2, $3)' into lead
+        using c.tenant_id, c.channel, jsonb_strip_nulls(jsonb_build_object(
+          'contact_name', c.display_name, 'phone', c.phone, 'email', c.email,
+          'external_id', c.channel || ':' || c.handle, 'channel', c.channel, 'contact_id', c.id,
+          'attribution', c.attribution,
+          'utm_source', coalesce(c.attribution ->> 'utm_source', case when c.attribution ->> 'source' = 'ctwa' then 'meta' end),
+          'utm_medium', coalesce(c.attribution ->> 'utm_medium', case when c.attribution ->> 'source' = 'ctwa' then 'click_to_whatsapp' end),
+          'utm_campaign', coalesce(c.attribution ->> 'utm_campaign', c.attribution ->> 'headline'),
+          'utm_content', coalesce(c.attribution ->> 'utm_content', c.attribution ->> 'source_id'),
+          'utm_term', coalesce(c.attribution ->> 'utm_term', c.attribution ->> 'ctwa_clid')));
+      if lead.lead_id is not null then
+        update public.contacts set lead_id = lead.lead_id where id = c.id;
+      end if;
+    exception when others then
+      raise warning 'inbox: no lead for contact % (%): %', c.id, c.channel, sqlerrm;
+    end;
   end if;
 end;
 $$;
@@ -212,6 +226,7 @@ returns uuid
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   contact_id uuid;
   created boolean;
@@ -244,6 +259,7 @@ create or replace function private.ingest_message(
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   acc public.channel_accounts;
   contact uuid;
@@ -261,6 +277,8 @@ begin
     return null;
   end if;
   contact := private.upsert_contact(acc.tenant_id, acc.kind, handle, display_name, phone, email, attribution);
+  -- One contact's messages are ingested one at a time, so two workers never open two conversations.
+  perform pg_advisory_xact_lock(hashtextextended('inbox-contact:' || contact, 0));
   -- One conversation per thread (e-mail) or per open contact conversation (chat channels).
   if thread_key is not null then
     select * into conv from public.conversations c
@@ -324,8 +342,8 @@ as $$
         sent_at = case when new_status in ('sent', 'delivered', 'read') then coalesce(m.sent_at, at) else m.sent_at end,
         delivered_at = case when new_status in ('delivered', 'read') then coalesce(m.delivered_at, at) else m.delivered_at end,
         read_at = case when new_status = 'read' then coalesce(m.read_at, at) else m.read_at end,
-        error_code = case when new_status = 'failed' then error_code else m.error_code end,
-        error_message = case when new_status = 'failed' then error_message else m.error_message end
+        error_code = case when new_status = 'failed' then apply_message_status.error_code else m.error_code end,
+        error_message = case when new_status = 'failed' then apply_message_status.error_message else m.error_message end
     where m.tenant_id = tenant and m.provider_message_id = apply_message_status.provider_message_id
       and private.message_status_rank(new_status) > private.message_status_rank(m.status)
     returning 1
@@ -338,6 +356,7 @@ create or replace function private.process_whatsapp_event(ev private.inbound_eve
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   entry jsonb;
   change jsonb;
@@ -432,6 +451,7 @@ create or replace function private.process_meta_messaging_event(ev private.inbou
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   entry jsonb;
   e jsonb;
@@ -508,6 +528,7 @@ create or replace function private.process_normalized_event(ev private.inbound_e
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   p jsonb := ev.payload;
   id uuid;
@@ -526,6 +547,7 @@ create or replace function private.process_inbound_event(event_id bigint) return
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   ev private.inbound_events;
 begin
@@ -549,6 +571,7 @@ returns void
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.conversations;
 begin
@@ -576,6 +599,7 @@ create or replace function private.route_conversation(conv uuid) returns uuid
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.conversations;
   rule public.routing_rules;
@@ -632,6 +656,7 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.conversations;
   role public.member_role := (select private.tenant_role());
@@ -666,6 +691,7 @@ returns public.conversations
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.conversations;
   old text;
@@ -713,6 +739,7 @@ create or replace function public.link_contact_customer(contact uuid, customer u
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.contacts;
 begin
@@ -743,6 +770,7 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.conversations;
   acc public.channel_accounts;
@@ -847,6 +875,7 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.conversations;
   msg public.messages;
@@ -877,6 +906,7 @@ returns setof public.outbound_messages
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   r record;
   rate numeric;
@@ -939,6 +969,7 @@ returns int
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   n int;
 begin
@@ -971,6 +1002,7 @@ returns text
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   o public.outbound_messages;
   code text := substring(error from '^code=([^:\s]+)');
@@ -1034,6 +1066,7 @@ create or replace function private.notify_outbound() returns trigger
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
 begin
   perform pg_notify('luna_inbox', 'outbound');
   return null;
@@ -1131,6 +1164,7 @@ language plpgsql stable
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   rid uuid;
 begin
@@ -1160,6 +1194,7 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   c public.conversations;
   event text := case when tg_op = 'INSERT' then 'message_created' else 'message_status' end;
@@ -1188,6 +1223,7 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   data jsonb;
 begin
@@ -1212,6 +1248,7 @@ language plpgsql
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 begin
   if not private.can_join_inbox_topic(conversation::text) then
     raise exception 'conversation not found' using errcode = 'P0002';

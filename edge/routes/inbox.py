@@ -1,0 +1,143 @@
+"""Inbox endpoints: Meta webhooks (WhatsApp Cloud API, Instagram, Messenger), web chat, and a thin
+wrapper around the send RPC.
+
+Webhooks do as little as possible: verify the signature over the raw body, store the raw event in
+private.inbound_events (unique provider event id, so a redelivery is a no-op) and answer 200 at once.
+The worker (worker/inbox) turns events into contacts, conversations and messages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import time
+from typing import Any
+
+import psycopg
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from psycopg.types.json import Jsonb
+from pydantic import BaseModel, Field
+
+from luna import secrets
+
+from ..db import as_service, as_user
+from ..errors import ApiError
+
+router = APIRouter(tags=["inbox"])
+
+PROVIDER_OF_OBJECT = {"whatsapp_business_account": "whatsapp", "instagram": "instagram", "page": "messenger"}
+# Headers kept with a raw event (never cookies or authorization).
+KEPT_HEADERS = ("content-type", "user-agent", "x-hub-signature-256", "x-forwarded-for", "x-correlation-id")
+_APP_CACHE: dict[str, tuple[float, str, str]] = {}
+APP_CACHE_SECONDS = 60.0
+
+
+async def _meta_app(request: Request, app_id: str) -> tuple[str, str] | None:
+    """(app secret, verify token) of a registered Meta app, cached briefly in memory."""
+    cached = _APP_CACHE.get(app_id)
+    if cached and cached[0] > time.monotonic():
+        return cached[1], cached[2]
+    async with as_service(request) as conn:
+        row = await (await conn.execute("select app_secret, verify_token from private.meta_apps where app_id = %s",
+                                        (app_id,))).fetchone()
+        if row is None:
+            return None
+        app_secret = await secrets.adecrypt(row["app_secret"], conn)
+        verify_token = await secrets.adecrypt(row["verify_token"], conn)
+    _APP_CACHE[app_id] = (time.monotonic() + APP_CACHE_SECONDS, app_secret, verify_token)
+    return app_secret, verify_token
+
+
+def signature_ok(app_secret: str, body: bytes, header: str | None) -> bool:
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header[7:].strip().lower())
+
+
+@router.get("/v1/webhooks/meta/{app_id}", response_class=PlainTextResponse)
+async def meta_verify(app_id: str, request: Request):
+    """Meta's subscription handshake: echo hub.challenge when hub.verify_token matches."""
+    params = request.query_params
+    app = await _meta_app(request, app_id)
+    token = params.get("hub.verify_token", "")
+    if (app is None or params.get("hub.mode") != "subscribe"
+            or not hmac.compare_digest(token.encode(), app[1].encode())):
+        raise ApiError(403, "verification_failed", "hub.mode or hub.verify_token does not match this app")
+    return PlainTextResponse(params.get("hub.challenge", ""))
+
+
+@router.post("/v1/webhooks/meta/{app_id}")
+async def meta_event(app_id: str, request: Request):
+    """A webhook delivery from Meta (WhatsApp, Instagram or Messenger)."""
+    body = await request.body()
+    app = await _meta_app(request, app_id)
+    # The signature first: nothing about an unsigned body is trusted or stored.
+    if app is None or not signature_ok(app[0], body, request.headers.get("x-hub-signature-256")):
+        raise ApiError(401, "bad_signature", "X-Hub-Signature-256 does not match the body",
+                       hint="sign the raw body with HMAC-SHA256 and the app secret")
+    event_id = "sha256:" + hashlib.sha256(body).hexdigest()
+    headers = {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}
+    try:
+        payload: Any = json.loads(body)
+        if not isinstance(payload, dict):
+            raise ValueError("not an object")
+    except (ValueError, UnicodeDecodeError):
+        async with as_service(request) as conn:
+            await conn.execute("select * from private.receive_event('meta', %s, null, %s, %s, %s, null, true)",
+                               (event_id, Jsonb(headers), body, app_id))
+        raise ApiError(400, "malformed_body", "the body is not a JSON object; it was kept for inspection")
+    provider = PROVIDER_OF_OBJECT.get(payload.get("object"), "meta")
+    async with as_service(request) as conn:
+        row = await (await conn.execute(
+            "select event_id, inserted from private.receive_event(%s, %s, %s, %s, null, %s)",
+            (provider, event_id, Jsonb(payload), Jsonb(headers), app_id))).fetchone()
+    return {"received": True, "event_id": row["event_id"], "duplicate": not row["inserted"]}
+
+
+class WebChatMessage(BaseModel):
+    session_id: str = Field(min_length=8, max_length=128, description="the visitor's id, kept by the widget")
+    client_message_id: str = Field(min_length=1, max_length=128, description="unique per message (retries are no-ops)")
+    text: str = Field(min_length=1, max_length=4000)
+    name: str | None = Field(default=None, max_length=200)
+    email: str | None = Field(default=None, max_length=320)
+    phone: str | None = Field(default=None, max_length=40)
+    utm: dict[str, str] | None = Field(default=None, description="utm_source, utm_medium, utm_campaign … of the page")
+
+
+@router.post("/v1/webchat/{widget_key}/messages", status_code=202)
+async def webchat_message(widget_key: str, message: WebChatMessage, request: Request):
+    """A visitor's message from the web-chat widget (public; the widget key names the inbox)."""
+    async with as_service(request) as conn:
+        channel = await (await conn.execute(
+            "select id from public.channel_accounts where kind = 'webchat' and external_id = %s and active",
+            (widget_key,))).fetchone()
+        if channel is None:
+            raise ApiError(404, "unknown_widget", "no web-chat inbox has this widget key")
+        utm = {k: v for k, v in (message.utm or {}).items() if k.startswith("utm_")} or None
+        payload = {"from": message.session_id, "name": message.name, "email": message.email, "phone": message.phone,
+                   "message_id": f"webchat:{message.session_id}:{message.client_message_id}", "body": message.text,
+                   "type": "text", "attribution": utm}
+        row = await (await conn.execute(
+            "select event_id, inserted from private.receive_event('webchat', %s, %s, '{}', null, null, %s)",
+            (payload["message_id"], Jsonb(payload), channel["id"]))).fetchone()
+    return {"received": True, "duplicate": not row["inserted"]}
+
+
+class SendRequest(BaseModel):
+    body: str | None = None
+    template: dict | None = Field(default=None, description='{"name": ..., "language": ..., "variables": [...]}')
+    media: dict | None = None
+    idempotency_key: str | None = Field(default=None, max_length=200)
+
+
+@router.post("/v1/inbox/conversations/{conversation_id}/messages", status_code=202)
+async def send(conversation_id: str, req: SendRequest, conn: psycopg.AsyncConnection = Depends(as_user)):
+    """Queue a message (public.send_message): 422 outside_24h_window when WhatsApp needs a template."""
+    row = await (await conn.execute(
+        "select id, status, type from public.send_message(%s, %s, %s, %s, %s)",
+        (conversation_id, req.body, Jsonb(req.template) if req.template else None, req.idempotency_key,
+         Jsonb(req.media) if req.media else None))).fetchone()
+    return JSONResponse({"message_id": str(row["id"]), "status": row["status"], "type": row["type"]}, status_code=202)

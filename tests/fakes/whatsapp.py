@@ -1,0 +1,87 @@
+"""A fake WhatsApp Cloud API (Graph API) following the documented shapes.
+
+    fake = FakeWhatsApp()
+    with serve(fake.app) as base:         # channel settings base_url = base + "/v21.0"
+        fake.plan(429, 429)               # the next two sends are throttled (error code 130429)
+        fake.plan_error(400, 131047, "Re-engagement message")   # then a permanent error
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections import deque
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+THROTTLE = {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429,
+            "error_data": {"messaging_product": "whatsapp", "details": "Cloud API message throughput has been reached."}}
+
+
+class FakeWhatsApp:
+    def __init__(self, token: str = "test-token"):
+        self.token = token
+        self.sent: list[dict] = []
+        self.templates: list[dict] = []
+        self.created_templates: list[dict] = []
+        self._plan: deque = deque()
+        self._lock = threading.Lock()
+        self.app = self._build()
+
+    def plan(self, *statuses: int, retry_after: str | None = None) -> None:
+        """The next sends answer these HTTP statuses (429 = throttled, 5xx = server error)."""
+        for status in statuses:
+            body = {"error": THROTTLE | {"fbtrace_id": uuid.uuid4().hex[:12]}} if status == 429 else \
+                {"error": {"message": "An unknown error occurred", "type": "OAuthException", "code": 1,
+                           "fbtrace_id": uuid.uuid4().hex[:12]}}
+            headers = {"Retry-After": retry_after} if retry_after else {}
+            self._plan.append((status, body, headers))
+
+    def plan_error(self, status: int, code: int, message: str, details: str | None = None, subcode: int | None = None):
+        error = {"message": message, "type": "OAuthException", "code": code, "fbtrace_id": uuid.uuid4().hex[:12]}
+        if details:
+            error["error_data"] = {"messaging_product": "whatsapp", "details": details}
+        if subcode:
+            error["error_subcode"] = subcode
+        self._plan.append((status, {"error": error}, {}))
+
+    def _build(self) -> FastAPI:
+        app = FastAPI()
+
+        def unauthorized():
+            return JSONResponse({"error": {"message": "Invalid OAuth access token.", "type": "OAuthException",
+                                           "code": 190, "fbtrace_id": "x"}}, status_code=401)
+
+        @app.post("/{version}/{phone_number_id}/messages")
+        async def send(version: str, phone_number_id: str, request: Request):
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                return unauthorized()
+            body = await request.json()
+            if body.get("messaging_product") != "whatsapp" or not body.get("to") or not body.get("type"):
+                return JSONResponse({"error": {"message": "(#100) Invalid parameter", "type": "OAuthException",
+                                               "code": 100, "fbtrace_id": "x"}}, status_code=400)
+            with self._lock:
+                planned = self._plan.popleft() if self._plan else None
+            if planned:
+                status, answer, headers = planned
+                return JSONResponse(answer, status_code=status, headers=headers)
+            wamid = "wamid." + uuid.uuid4().hex
+            with self._lock:
+                self.sent.append({"phone_number_id": phone_number_id, "body": body, "id": wamid})
+            return {"messaging_product": "whatsapp", "contacts": [{"input": body["to"], "wa_id": body["to"]}],
+                    "messages": [{"id": wamid}]}
+
+        @app.get("/{version}/{waba_id}/message_templates")
+        async def list_templates(version: str, waba_id: str, request: Request):
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                return unauthorized()
+            return {"data": self.templates, "paging": {"cursors": {"before": "a", "after": "b"}}}
+
+        @app.post("/{version}/{waba_id}/message_templates")
+        async def create_template(version: str, waba_id: str, request: Request):
+            body = await request.json()
+            self.created_templates.append(body)
+            return {"id": str(uuid.uuid4().int)[:15], "status": "PENDING", "category": body.get("category")}
+
+        return app

@@ -1,0 +1,368 @@
+"""Inbox: Meta webhooks (signature, replay, malformed bodies), processing into contacts /
+conversations / messages, statuses never moving backwards, the send RPC and the outbound queue
+against a fake WhatsApp Cloud API (24-hour window, 429 retried, permanent errors)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import time
+
+import pytest
+
+from .conftest import DEMO, as_user
+from .fakes import serve
+from .fakes.whatsapp import FakeWhatsApp
+
+APP_ID, APP_SECRET, VERIFY = "1234567890", "app-secret-for-tests", "verify-me"
+PHONE_ID = "demo-phone-number-1"
+WA_CHANNEL = "00000000-0000-4000-8006-000000000101"
+
+
+def sign(body: bytes, secret: str = APP_SECRET) -> str:
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def wa_event(messages=None, statuses=None, contacts=None, phone_id=PHONE_ID) -> dict:
+    """The Cloud API's webhook envelope (object whatsapp_business_account, field messages)."""
+    value = {"messaging_product": "whatsapp",
+             "metadata": {"display_phone_number": "902125550101", "phone_number_id": phone_id}}
+    if contacts is not None:
+        value["contacts"] = contacts
+    if messages is not None:
+        value["messages"] = messages
+    if statuses is not None:
+        value["statuses"] = statuses
+    return {"object": "whatsapp_business_account",
+            "entry": [{"id": "102290129340398", "changes": [{"value": value, "field": "messages"}]}]}
+
+
+def now_ts(offset: int = 0) -> str:
+    return str(int(time.time()) + offset)
+
+
+def text_message(wamid: str, sender: str = "905551112233", body: str = "Merhaba", ts: str | None = None) -> dict:
+    return {"from": sender, "id": wamid, "timestamp": ts or now_ts(), "type": "text", "text": {"body": body}}
+
+
+@pytest.fixture
+def meta_app(conn):
+    from luna import secrets
+
+    secrets.register_meta_app(conn, APP_ID, APP_SECRET, VERIFY)
+    return APP_ID
+
+
+def post(client, payload, *, secret=APP_SECRET, raw: bytes | None = None):
+    body = raw if raw is not None else json.dumps(payload).encode()
+    return client.post(f"/v1/webhooks/meta/{APP_ID}", content=body,
+                       headers={"X-Hub-Signature-256": sign(body, secret), "Content-Type": "application/json"})
+
+
+def drain(db_url, queue: str = "inbox_inbound", *, until=None, timeout: float = 20.0) -> None:
+    """Run the worker's claim/process for one queue until it is empty (or `until()` holds)."""
+    from worker.runner import Worker
+
+    async def run():
+        w = Worker(db_url, queues=[queue], worker_id="test-worker", batch=50, concurrency=50)
+        await w.start()
+        q = w.queues[0]
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                rows = await w.claim(q, 50)
+                if rows:
+                    await w.process(q, rows)
+                    continue
+                if until is None or until():
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError(f"queue {queue} not drained in {timeout}s")
+        finally:
+            await w.close()
+
+    asyncio.run(run())
+
+
+# ------------------------------------------------------------------------------------------ webhooks
+def test_verification_handshake(client, meta_app):
+    ok = client.get(f"/v1/webhooks/meta/{APP_ID}", params={"hub.mode": "subscribe", "hub.verify_token": VERIFY,
+                                                           "hub.challenge": "1158201444"})
+    assert ok.status_code == 200 and ok.text == "1158201444"
+    bad = client.get(f"/v1/webhooks/meta/{APP_ID}", params={"hub.mode": "subscribe", "hub.verify_token": "nope",
+                                                            "hub.challenge": "1"})
+    assert bad.status_code == 403
+
+
+def test_bad_signature_is_401_and_stored_nowhere(client, conn, meta_app):
+    payload = wa_event([text_message("wamid.BAD1")])
+    r = post(client, payload, secret="wrong-secret")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "bad_signature"
+    unsigned = client.post(f"/v1/webhooks/meta/{APP_ID}", json=payload)
+    assert unsigned.status_code == 401
+    assert conn.execute("select count(*) as n from private.inbound_events").fetchone()["n"] == 0
+    assert conn.execute("select count(*) as n from public.messages where provider_message_id = 'wamid.BAD1'").fetchone()["n"] == 0
+
+
+def test_malformed_body_is_400_and_kept(client, conn, meta_app):
+    raw = b'{"object": "whatsapp_business_account", "entry": [ {broken'
+    r = post(client, None, raw=raw)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body"
+    row = conn.execute("select status, raw, payload from private.inbound_events").fetchone()
+    assert row["status"] == "malformed" and bytes(row["raw"]) == raw and row["payload"] is None
+
+
+def test_text_media_interactive_referral_land_once(client, conn, db_url, meta_app):
+    contacts = [{"profile": {"name": "Kerem Aslan"}, "wa_id": "905551112233"}]
+    messages = [
+        text_message("wamid.T1", body="Merhaba, fiyat alabilir miyim?"),
+        {"from": "905551112233", "id": "wamid.M1", "timestamp": now_ts(), "type": "image",
+         "image": {"caption": "Röntgen", "mime_type": "image/jpeg", "sha256": "abc", "id": "1479537139650973"}},
+        {"from": "905551112233", "id": "wamid.I1", "timestamp": now_ts(), "type": "interactive",
+         "context": {"from": "902125550101", "id": "wamid.OUT0"},
+         "interactive": {"type": "button_reply", "button_reply": {"id": "evet", "title": "Evet"}}},
+        {"from": "905551112233", "id": "wamid.I2", "timestamp": now_ts(), "type": "interactive",
+         "interactive": {"type": "list_reply", "list_reply": {"id": "s1", "title": "Salı 10:00", "description": "x"}}},
+    ]
+    referral_msg = {"from": "905559998877", "id": "wamid.R1", "timestamp": now_ts(), "type": "text",
+                    "text": {"body": "Reklamdan geldim"},
+                    "referral": {"source_url": "https://fb.me/abc", "source_id": "120200000000001", "source_type": "ad",
+                                 "headline": "İmplant kampanyası", "body": "…", "media_type": "image",
+                                 "image_url": "https://x/y.jpg", "ctwa_clid": "ARAkLkA8rmlFeiCktEJQ"}}
+    first = post(client, wa_event(messages, contacts=contacts))
+    assert first.status_code == 200 and first.json()["duplicate"] is False
+    assert post(client, wa_event([referral_msg], contacts=[{"profile": {"name": "Ad Tıklayan"}, "wa_id": "905559998877"}])).status_code == 200
+    # A replay of the same delivery: a no-op.
+    again = post(client, wa_event(messages, contacts=contacts))
+    assert again.status_code == 200 and again.json()["duplicate"] is True
+    assert conn.execute("select count(*) as n from private.inbound_events").fetchone()["n"] == 2
+    drain(db_url)
+    # The same messages re-delivered in a different envelope (Meta retries): still once.
+    post(client, wa_event(messages[:2], contacts=contacts))
+    drain(db_url)
+
+    rows = {r["provider_message_id"]: r for r in conn.execute(
+        "select m.*, c.handle, c.display_name from public.messages m join public.conversations v on v.id = m.conversation_id "
+        "join public.contacts c on c.id = v.contact_id where m.provider_message_id like 'wamid.%%' and m.tenant_id = %s",
+        (DEMO,)).fetchall() if r["provider_message_id"] in {"wamid.T1", "wamid.M1", "wamid.I1", "wamid.I2", "wamid.R1"}}
+    assert set(rows) == {"wamid.T1", "wamid.M1", "wamid.I1", "wamid.I2", "wamid.R1"}
+    assert rows["wamid.T1"]["type"] == "text" and rows["wamid.T1"]["display_name"] == "Kerem Aslan"
+    assert rows["wamid.M1"]["type"] == "media" and rows["wamid.M1"]["attachments"][0]["mime_type"] == "image/jpeg"
+    assert rows["wamid.I1"]["type"] == "interactive" and rows["wamid.I1"]["body"] == "Evet"
+    assert rows["wamid.I1"]["in_reply_to"] == "wamid.OUT0"
+    assert rows["wamid.I2"]["body"] == "Salı 10:00"
+    counts = conn.execute("select count(*) as n, count(distinct provider_message_id) as d from public.messages "
+                          "where provider_message_id in ('wamid.T1','wamid.M1','wamid.I1','wamid.I2','wamid.R1')").fetchone()
+    assert counts["n"] == counts["d"] == 5
+    # One conversation per contact; the referral's attribution on contact and conversation.
+    conv = conn.execute("select v.* from public.conversations v join public.contacts c on c.id = v.contact_id "
+                        "where c.handle = '905551112233'").fetchall()
+    assert len(conv) == 1 and conv[0]["last_inbound_at"] is not None
+    ref = conn.execute("select c.attribution as ca, v.attribution as va from public.contacts c "
+                       "join public.conversations v on v.contact_id = c.id where c.handle = '905559998877'").fetchone()
+    assert ref["ca"]["ctwa_clid"] == "ARAkLkA8rmlFeiCktEJQ" and ref["ca"]["source_id"] == "120200000000001"
+    assert ref["va"]["headline"] == "İmplant kampanyası"
+    events = conn.execute("select status, count(*) as n from private.inbound_events group by 1").fetchall()
+    assert {e["status"]: e["n"] for e in events} == {"processed": 3}
+
+
+def test_statuses_never_move_backwards_and_errors_recorded(client, conn, db_url, meta_app):
+    conn.execute("""insert into public.messages (tenant_id, conversation_id, direction, type, body, provider_message_id, status)
+                    values (%s, '00000000-0000-4000-8006-000000000131', 'outbound', 'text', 'x', 'wamid.S1', 'sent'),
+                           (%s, '00000000-0000-4000-8006-000000000131', 'outbound', 'text', 'y', 'wamid.S2', 'sent')""",
+                 (DEMO, DEMO))
+
+    def status(wamid, st, ts, errors=None):
+        s = {"id": wamid, "status": st, "timestamp": ts, "recipient_id": "905321112233",
+             "conversation": {"id": "c1", "origin": {"type": "service"}},
+             "pricing": {"billable": True, "pricing_model": "CBP", "category": "service"}}
+        if errors:
+            s["errors"] = errors
+        return s
+
+    # read arrives before delivered (out of order); a redelivered 'sent' comes last.
+    post(client, wa_event(statuses=[status("wamid.S1", "read", now_ts(2))]))
+    post(client, wa_event(statuses=[status("wamid.S1", "delivered", now_ts(1))]))
+    post(client, wa_event(statuses=[status("wamid.S1", "sent", now_ts(0))]))
+    post(client, wa_event(statuses=[status("wamid.S2", "failed", now_ts(), [{
+        "code": 131026, "title": "Message undeliverable", "message": "Message undeliverable",
+        "error_data": {"details": "Receiver is incapable of receiving this message"}}])]))
+    drain(db_url)
+    s1 = conn.execute("select * from public.messages where provider_message_id = 'wamid.S1'").fetchone()
+    assert s1["status"] == "read" and s1["read_at"] is not None and s1["delivered_at"] is not None
+    s2 = conn.execute("select * from public.messages where provider_message_id = 'wamid.S2'").fetchone()
+    assert s2["status"] == "failed" and s2["error_code"] == "131026"
+    assert "incapable" in s2["error_message"]
+
+
+def test_instagram_and_messenger_messages(client, conn, db_url, meta_app):
+    ig = {"object": "instagram", "entry": [{"id": "demo-ig-2", "time": int(time.time() * 1000), "messaging": [
+        {"sender": {"id": "IGSID-1"}, "recipient": {"id": "demo-ig-2"}, "timestamp": int(time.time() * 1000),
+         "message": {"mid": "aWdfZAG1faXRlbToxOklH", "text": "Bu ürün stokta var mı?"}},
+        {"sender": {"id": "demo-ig-2"}, "recipient": {"id": "IGSID-1"}, "timestamp": int(time.time() * 1000),
+         "message": {"mid": "echo-1", "text": "bizden", "is_echo": True}}]}]}
+    assert post(client, ig).status_code == 200
+    drain(db_url)
+    row = conn.execute("select m.body, m.tenant_id, c.channel from public.messages m join public.conversations v on v.id = m.conversation_id "
+                       "join public.contacts c on c.id = v.contact_id where m.provider_message_id = 'aWdfZAG1faXRlbToxOklH'").fetchone()
+    assert row["body"] == "Bu ürün stokta var mı?" and row["channel"] == "instagram"
+    assert conn.execute("select count(*) as n from public.messages where provider_message_id = 'echo-1'").fetchone()["n"] == 0
+
+
+# ------------------------------------------------------------------------------------------ routing, RLS
+def test_new_conversation_is_routed_and_agents_see_only_theirs(client, conn, db_url, meta_app):
+    for i in range(4):
+        post(client, wa_event([text_message(f"wamid.RR{i}", sender=f"90555000000{i}")]))
+    drain(db_url)
+    assignees = [r["assignee_id"] for r in conn.execute(
+        "select v.assignee_id from public.conversations v join public.contacts c on c.id = v.contact_id "
+        "where c.handle like '90555000000%%' order by v.created_at").fetchall()]
+    assert None not in assignees and len(set(assignees)) == 2, "round robin over the two online agents"
+    events = conn.execute("select count(*) as n from public.conversation_events where event = 'assigned'").fetchone()["n"]
+    assert events >= 4
+    conn.execute("update public.tenant_policies set agents_see_assigned_only = true where tenant_id = %s", (DEMO,))
+    with as_user(conn, "agent@demo.luna.local", rollback=True) as cur:
+        mine = cur.execute("select count(*) as n from public.conversations where assignee_id <> (select auth.uid())").fetchone()
+        assert mine["n"] == 0
+    with as_user(conn, "supervisor@demo.luna.local", rollback=True) as cur:
+        assert cur.execute("select count(*) as n from public.conversations").fetchone()["n"] >= 5
+    # A supervisor transfers one: a timeline entry records it.
+    conv = conn.execute("select v.id from public.conversations v join public.contacts c on c.id = v.contact_id "
+                        "where c.handle = '905550000000'").fetchone()["id"]
+    sup = conn.execute("select id from auth.users where email = 'supervisor@demo.luna.local'").fetchone()["id"]
+    with as_user(conn, "supervisor@demo.luna.local") as cur:
+        cur.execute("select public.assign_conversation(%s, %s, 'destek', 'VIP')", (conv, sup))
+    ev = conn.execute("select * from public.conversation_events where conversation_id = %s and event = 'transferred'",
+                      (conv,)).fetchone()
+    assert ev["data"]["to"] == str(sup) and ev["data"]["team"] == "destek"
+
+
+def test_internal_note_is_never_queued(conn):
+    with as_user(conn, "agent@demo.luna.local") as cur:
+        note = cur.execute("select * from public.add_note('00000000-0000-4000-8006-000000000131', 'iç not')").fetchone()
+    assert note["type"] == "note" and note["direction"] == "internal"
+    assert conn.execute("select count(*) as n from public.outbound_messages where message_id = %s",
+                        (note["id"],)).fetchone()["n"] == 0
+
+
+# ------------------------------------------------------------------------------------------ sending
+def _conversation_with_window(conn, hours_ago: float) -> str:
+    conv = "00000000-0000-4000-8006-000000000131"
+    conn.execute("update public.conversations set last_inbound_at = now() - make_interval(secs => %s) where id = %s",
+                 (hours_ago * 3600, conv))
+    return conv
+
+
+def test_send_outside_24h_window_needs_template(client, conn):
+    conv = _conversation_with_window(conn, 30)
+    from .conftest import token_for
+
+    token = token_for(conn, "agent@demo.luna.local")
+    r = client.post(f"/v1/inbox/conversations/{conv}/messages", json={"body": "Merhaba"},
+                    headers={"Authorization": f"Bearer {token}"})
+    assert r.status_code == 422
+    err = r.json()["error"]
+    assert err["code"] == "outside_24h_window" and "24-hour" in err["message"]
+    ok = client.post(f"/v1/inbox/conversations/{conv}/messages",
+                     json={"template": {"name": "randevu_hatirlatma", "language": "tr", "variables": ["Deniz", "12 Aralık"]}},
+                     headers={"Authorization": f"Bearer {token}"})
+    assert ok.status_code == 202 and ok.json()["type"] == "template"
+
+
+def _wa_channel_to(conn, base: str) -> None:
+    from luna import secrets
+
+    conn.execute("update public.channel_accounts set settings = settings || %s::jsonb where id = %s",
+                 (json.dumps({"base_url": base + "/v21.0", "rate_per_s": 50}), WA_CHANNEL))
+    secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "test-token"})
+
+
+def test_send_retries_429_then_sends_and_permanent_error_fails(conn, db_url):
+    conv = _conversation_with_window(conn, 1)
+    fake = FakeWhatsApp()
+    with serve(fake.app) as base:
+        _wa_channel_to(conn, base)
+        fake.plan(429)
+        with as_user(conn, "agent@demo.luna.local") as cur:
+            m1 = cur.execute("select * from public.send_message(%s, 'Randevunuz onaylandı', idempotency_key => 'k1')",
+                             (conv,)).fetchone()
+            again = cur.execute("select * from public.send_message(%s, 'Randevunuz onaylandı', idempotency_key => 'k1')",
+                                (conv,)).fetchone()
+        assert again["id"] == m1["id"]
+        drain(db_url, "inbox_outbound", until=lambda: conn.execute(
+            "select status from public.outbound_messages where message_id = %s", (m1["id"],)).fetchone()["status"] == "sent")
+        out = conn.execute("select * from public.outbound_messages where message_id = %s", (m1["id"],)).fetchone()
+        assert out["status"] == "sent" and out["attempts"] == 2 and "130429" in (out["last_error"] or "130429")
+        msg = conn.execute("select * from public.messages where id = %s", (m1["id"],)).fetchone()
+        assert msg["status"] == "sent" and msg["provider_message_id"] == fake.sent[0]["id"]
+        assert fake.sent[0]["body"]["text"]["body"] == "Randevunuz onaylandı" and len(fake.sent) == 1
+
+        fake.plan_error(400, 131047, "Re-engagement message",
+                        "Message failed to send because more than 24 hours have passed since the customer last replied")
+        with as_user(conn, "agent@demo.luna.local") as cur:
+            m2 = cur.execute("select * from public.send_message(%s, 'Geç kalan mesaj')", (conv,)).fetchone()
+        drain(db_url, "inbox_outbound")
+        msg2 = conn.execute("select * from public.messages where id = %s", (m2["id"],)).fetchone()
+        assert msg2["status"] == "failed" and msg2["error_code"] == "131047"
+        assert "24 hours" in msg2["error_message"]
+        out2 = conn.execute("select * from public.outbound_messages where message_id = %s", (m2["id"],)).fetchone()
+        assert out2["status"] == "failed" and out2["attempts"] == 1
+
+
+def test_template_sync_keeps_status(conn, db_url):
+    fake = FakeWhatsApp()
+    fake.templates = [
+        {"name": "kampanya_duyuru", "language": "tr", "status": "APPROVED", "category": "MARKETING", "id": "5551",
+         "components": [{"type": "BODY", "text": "Merhaba {{1}}, {{2}} indirimi başladı!"}]},
+        {"name": "randevu_hatirlatma", "language": "tr", "status": "PAUSED", "category": "UTILITY", "id": "5552",
+         "components": [{"type": "BODY", "text": "Merhaba {{1}}, {{2}} tarihli randevunuzu hatırlatırız."}]}]
+    with serve(fake.app) as base:
+        _wa_channel_to(conn, base)
+        conn.execute("update public.channel_accounts set settings = settings || '{\"waba_id\": \"w1\"}' where id = %s", (WA_CHANNEL,))
+
+        async def run():
+            from worker.inbox import sync_templates
+            from worker.runner import Worker
+
+            w = Worker(db_url, queues=["inbox_outbound"], worker_id="t")
+            await w.start()
+            try:
+                return await sync_templates(w.context, WA_CHANNEL)
+            finally:
+                await w.close()
+
+        assert asyncio.run(run()) == 2
+    rows = {r["name"]: r for r in conn.execute("select * from public.message_templates where channel_account_id = %s",
+                                               (WA_CHANNEL,)).fetchall()}
+    assert rows["kampanya_duyuru"]["variables"] == 2 and rows["kampanya_duyuru"]["status"] == "APPROVED"
+    assert rows["randevu_hatirlatma"]["status"] == "PAUSED"
+
+
+def test_credentials_encrypted_and_never_exposed(conn):
+    from luna import secrets
+
+    secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "EAAG-super-secret"})
+    stored = conn.execute("select secret from private.channel_credentials where channel_account_id = %s",
+                          (WA_CHANNEL,)).fetchone()["secret"]
+    assert "EAAG" not in stored and json.loads(secrets.decrypt(stored))["access_token"] == "EAAG-super-secret"
+    import psycopg
+
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with as_user(conn, "owner@demo.luna.local", rollback=True) as cur:
+            cur.execute("select * from private.channel_credentials")
+    with as_user(conn, "owner@demo.luna.local", rollback=True) as cur:
+        row = cur.execute("select to_jsonb(c) as r from public.channel_accounts c where id = %s", (WA_CHANNEL,)).fetchone()
+        assert "EAAG" not in json.dumps(row["r"])
+
+
+def test_webchat_endpoint(client, conn, db_url):
+    msg = {"session_id": "visitor-123456", "client_message_id": "1", "text": "Fiyat listesi?", "name": "Ziyaretçi",
+           "email": "ziyaretci@example.com", "utm": {"utm_source": "google", "utm_campaign": "kis"}}
+    assert client.post("/v1/webchat/demo-widget-1/messages", json=msg).status_code == 202
+    assert client.post("/v1/webchat/demo-widget-1/messages", json=msg).json()["duplicate"] is True
+    assert client.post("/v1/webchat/nope/messages", json=msg).status_code == 404
+    drain(db_url)
+    row = conn.execute("select c.attribution, c.email from public.contacts c where c.handle = 'visitor-123456'").fetchone()
+    assert row["attribution"]["utm_campaign"] == "kis" and row["email"] == "ziyaretci@example.com"
