@@ -1,0 +1,928 @@
+/*
+ * CRM RPCs and worker functions. Rules themselves are triggers and constraints in
+ * migrations/20261124020000_crm.sql; these functions are the convenient ways in.
+ *
+ * Security invoker unless stated, so RLS decides (as for direct PostgREST writes).
+ */
+
+-- ---------------------------------------------------------------------------------------------
+-- Small guards
+-- ---------------------------------------------------------------------------------------------
+create or replace function private.crm_require_tenant() returns uuid
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  tenant uuid := (select private.tenant_id());
+begin
+  if tenant is null then
+    raise exception 'no active tenant in the token' using errcode = '42501';
+  end if;
+  return tenant;
+end;
+$$;
+
+-- Bulk operations are for admins and supervisors (and owners).
+create or replace function private.crm_require_lead_role() returns uuid
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+begin
+  if coalesce((select private.tenant_role()) not in ('owner', 'admin', 'supervisor'), true) then
+    raise exception 'only owners, admins and supervisors may do this' using errcode = 'PT403', detail = 'code=supervisor_required';
+  end if;
+  return tenant;
+end;
+$$;
+grant execute on function private.crm_require_tenant(), private.crm_require_lead_role() to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Customers: match or create (the lead sync and the inbox call this), merge
+-- ---------------------------------------------------------------------------------------------
+
+/*
+ * The customer with this phone or e-mail (normalised) in the tenant, else a new one. Blank fields of a
+ * matched customer are filled in; attribution of a new one comes from `source`:
+ *   {"source": "instagram", "campaign": "...", "utm_source": ..., "utm_medium": ..., "utm_campaign": ...,
+ *    "utm_term": ..., "utm_content": ..., "region": ..., "lead_id": ..., "responsibles": [...], "tags": [...]}
+ * Security definer for service code (worker, inbox); scopes itself by `tenant`.
+ */
+create or replace function private.match_or_create_customer(
+  tenant uuid, full_name text, phone text, email text, source jsonb default '{}'
+) returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  region text;
+  p text;
+  e text := private.crm_email(email);
+  found_id uuid;
+  src jsonb := coalesce(source, '{}');
+  attempt int := 0;
+begin
+  select t.default_region into region from public.tenants t where t.id = tenant;
+  if region is null then
+    raise exception 'unknown tenant %', tenant using errcode = 'P0002';
+  end if;
+  p := case when phone ~ '^\+[1-9][0-9]{6,14}$' then phone else private.crm_phone(phone, region) end;
+  if p is null and e is null then
+    raise exception 'a customer needs a phone or an e-mail' using errcode = 'PT422', detail = 'code=contact_required';
+  end if;
+  loop
+    select c.id into found_id from public.customers c
+    where c.tenant_id = tenant and ((p is not null and c.phone = p) or (e is not null and c.email = e))
+    order by (c.phone = p) desc nulls last
+    limit 1;
+    if found_id is not null then
+      update public.customers c
+      set phone = coalesce(c.phone, case when not exists (select 1 from public.customers x where x.tenant_id = tenant and x.phone = p) then p end),
+          email = coalesce(c.email, case when not exists (select 1 from public.customers x where x.tenant_id = tenant and x.email = e) then e end),
+          full_name = case when c.full_name in ('', '?') then coalesce(nullif(trim(match_or_create_customer.full_name), ''), c.full_name) else c.full_name end,
+          source = coalesce(c.source, src ->> 'source'),
+          campaign = coalesce(c.campaign, src ->> 'campaign'),
+          lead_id = coalesce(c.lead_id, (src ->> 'lead_id')::uuid)
+      where c.id = found_id
+        and (c.phone is null or c.email is null or c.source is null or c.campaign is null or c.lead_id is null);
+      return found_id;
+    end if;
+    begin
+      insert into public.customers (tenant_id, full_name, phone, email, region, source, campaign, utm_source, utm_medium,
+                                    utm_campaign, utm_term, utm_content, attribution, lead_id, responsibles, tags, quality_score)
+      values (tenant, coalesce(nullif(trim(full_name), ''), p, e), p, e, src ->> 'region', src ->> 'source',
+              coalesce(src ->> 'campaign', src ->> 'utm_campaign'), src ->> 'utm_source', src ->> 'utm_medium',
+              src ->> 'utm_campaign', src ->> 'utm_term', src ->> 'utm_content', src, (src ->> 'lead_id')::uuid,
+              coalesce(array(select jsonb_array_elements_text(src -> 'responsibles'))::uuid[], '{}'),
+              coalesce(array(select jsonb_array_elements_text(src -> 'tags')), '{}'),
+              (src ->> 'quality_score')::int)
+      returning id into found_id;
+      return found_id;
+    exception when unique_violation then
+      attempt := attempt + 1;  -- a concurrent writer created it: match again
+      if attempt > 3 then raise; end if;
+    end;
+  end loop;
+end;
+$$;
+revoke execute on function private.match_or_create_customer(uuid, text, text, text, jsonb) from public;
+grant execute on function private.match_or_create_customer(uuid, text, text, text, jsonb) to service_role;
+
+/*
+ * Merge `duplicate` into `survivor`: every row of every table pointing at the duplicate (cards,
+ * activities, notes, reminders, timeline events, inventory, work orders, and other areas' tables such
+ * as inbox contacts) is moved to the survivor, blank fields are filled from the duplicate, tags and
+ * responsibles are united; the duplicate's snapshot and the counts are recorded in customer_merges,
+ * the timeline gets a customers_merged event, and the duplicate is deleted. Needs crm delete.
+ */
+create or replace function public.merge_customers(survivor uuid, duplicate uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+  s public.customers;
+  d public.customers;
+  fk record;
+  n bigint;
+  moved jsonb := '{}';
+  merge_id uuid;
+begin
+  if not (select private.can('crm', 'delete')) then
+    raise exception 'merging customers needs the crm delete permission' using errcode = '42501';
+  end if;
+  if survivor = duplicate then
+    raise exception 'a customer cannot be merged into itself' using errcode = 'PT422', detail = 'code=same_customer';
+  end if;
+  select * into s from public.customers c where c.id = survivor and c.tenant_id = tenant for update;
+  select * into d from public.customers c where c.id = duplicate and c.tenant_id = tenant for update;
+  if s.id is null or d.id is null or not private.crm_can_see_customer(survivor) or not private.crm_can_see_customer(duplicate) then
+    raise exception 'customer not found' using errcode = 'P0002';
+  end if;
+  perform set_config('luna.crm_merge', 'on', true);
+  -- every table with a customer_id (ours, and other areas' such as inbox contacts and leads)
+  for fk in
+    select c.oid::regclass as tbl, 'customer_id' as col
+    from pg_class c join pg_namespace ns on ns.oid = c.relnamespace
+    join pg_attribute a on a.attrelid = c.oid and a.attname = 'customer_id' and not a.attisdropped
+    where ns.nspname = 'public' and c.relkind in ('r', 'p') and a.atttypid = 'uuid'::regtype
+      and c.oid not in ('public.customer_merges'::regclass, 'public.customers'::regclass)
+    order by 1
+  loop
+    execute format('update %s set %I = $1 where %I = $2 and tenant_id = $3', fk.tbl, fk.col, fk.col)
+      using survivor, duplicate, tenant;
+    get diagnostics n = row_count;
+    if n > 0 then
+      moved := moved || jsonb_build_object(fk.tbl::text, n);
+    end if;
+  end loop;
+  update public.customer_merges m set survivor_id = survivor where m.survivor_id = duplicate;
+  perform set_config('luna.crm_merge', 'off', true);
+  delete from public.customers where id = duplicate;
+  update public.customers c
+  set phone = coalesce(c.phone, d.phone), email = coalesce(c.email, d.email), region = coalesce(c.region, d.region),
+      source = coalesce(c.source, d.source), campaign = coalesce(c.campaign, d.campaign),
+      utm_source = coalesce(c.utm_source, d.utm_source), utm_medium = coalesce(c.utm_medium, d.utm_medium),
+      utm_campaign = coalesce(c.utm_campaign, d.utm_campaign), utm_term = coalesce(c.utm_term, d.utm_term),
+      utm_content = coalesce(c.utm_content, d.utm_content), attribution = d.attribution || c.attribution,
+      lead_id = coalesce(c.lead_id, d.lead_id),
+      responsibles = array(select distinct unnest(c.responsibles || d.responsibles)),
+      tags = array(select distinct unnest(c.tags || d.tags)),
+      quality_score = greatest(c.quality_score, d.quality_score),
+      last_contact_at = greatest(c.last_contact_at, d.last_contact_at),
+      unread_messages = c.unread_messages + d.unread_messages,
+      custom_fields = d.custom_fields || c.custom_fields
+  where c.id = survivor;
+  insert into public.customer_merges (tenant_id, survivor_id, merged_id, merged_snapshot, moved, merged_by)
+  values (tenant, survivor, duplicate, to_jsonb(d), moved, (select auth.uid()))
+  returning id into merge_id;
+  perform private.crm_timeline(tenant, survivor, 'customers_merged',
+    jsonb_build_object('merged_id', duplicate, 'merged_name', d.full_name, 'merge_id', merge_id, 'moved', moved));
+  perform private.broadcast('tenant:' || tenant || ':customer:' || duplicate, 'customer_merged',
+    jsonb_build_object('customer_id', duplicate, 'survivor_id', survivor));
+  return jsonb_build_object('merge_id', merge_id, 'survivor_id', survivor, 'merged_id', duplicate, 'moved', moved);
+end;
+$$;
+revoke execute on function public.merge_customers(uuid, uuid) from public, anon;
+grant execute on function public.merge_customers(uuid, uuid) to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- The board
+-- ---------------------------------------------------------------------------------------------
+
+/*
+ * The kanban for one pipeline: its stages in order, each with its card count and cards (customer
+ * name/phone, responsibles, source, campaign, quality, tags, last contact and overdue flag, next
+ * reminder, next appointment, unread messages). Filters (all optional):
+ *   {"responsible": uuid, "source": text, "campaign": text, "quality_min": int, "tag": text, "status": "open"}
+ * Security definer for speed, with RLS's rule applied explicitly (tenant, crm read, assignee restriction).
+ */
+create or replace function public.crm_board(pipeline uuid, filters jsonb default '{}', per_stage int default 500)
+returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+  uid uuid := (select auth.uid());
+  all_visible boolean := private.sees_all();
+  overdue_after interval;
+  f jsonb := coalesce(filters, '{}');
+  f_resp uuid := nullif(f ->> 'responsible', '')::uuid;
+  f_source text := nullif(f ->> 'source', '');
+  f_campaign text := nullif(f ->> 'campaign', '');
+  f_quality int := nullif(f ->> 'quality_min', '')::int;
+  f_tag text := lower(nullif(f ->> 'tag', ''));
+  f_status text := nullif(f ->> 'status', '');
+  p public.pipelines;
+  result jsonb;
+begin
+  if not private.can('crm', 'read') then
+    raise exception 'no permission to read the CRM' using errcode = '42501';
+  end if;
+  select * into p from public.pipelines x where x.id = pipeline and x.tenant_id = tenant;
+  if not found then
+    raise exception 'pipeline not found' using errcode = 'P0002';
+  end if;
+  select make_interval(days => s.overdue_days) into overdue_after from public.crm_settings s where s.tenant_id = tenant;
+  overdue_after := coalesce(overdue_after, interval '3 days');
+  with cards as (
+    select cd.id, cd.stage_id, cd.position, cd.title, cd.status, cd.value, cd.deposit_amount, cd.responsibles,
+           cd.stage_entered_at, cd.appointment_at, cd.inventory_item_id, cd.customer_id, cd.created_at,
+           cu.full_name, cu.phone, cu.source, cu.campaign, cu.quality_score, cu.tags, cu.last_contact_at,
+           cu.unread_messages,
+           row_number() over (partition by cd.stage_id order by cd.position, cd.created_at, cd.id) as rn
+    from public.cards cd
+    join public.customers cu on cu.id = cd.customer_id
+    where cd.pipeline_id = pipeline and cd.tenant_id = tenant
+      and (all_visible or uid = any(cd.responsibles))
+      and (f_resp is null or f_resp = any(cd.responsibles))
+      and (f_source is null or cu.source = f_source)
+      and (f_campaign is null or cu.campaign = f_campaign)
+      and (f_quality is null or cu.quality_score >= f_quality)
+      and (f_tag is null or f_tag = any(cu.tags))
+      and (f_status is null or cd.status = f_status)
+  ), shown as (
+    select c.*,
+      (select min(r.due_at) from public.reminders r
+        where r.customer_id = c.customer_id and r.done_at is null) as next_reminder_at,
+      (select min(a.scheduled_at) from public.activities a
+        where a.customer_id = c.customer_id and a.status = 'open' and a.scheduled_at >= now()) as next_appointment_at
+    from cards c where c.rn <= per_stage
+  ), per_stage_cards as (
+    select s.stage_id,
+           jsonb_agg(jsonb_build_object(
+             'id', s.id, 'customer_id', s.customer_id, 'customer_name', s.full_name, 'phone', s.phone,
+             'title', s.title, 'status', s.status, 'value', s.value, 'deposit_amount', s.deposit_amount,
+             'position', s.position, 'responsibles', s.responsibles, 'source', s.source, 'campaign', s.campaign,
+             'quality_score', s.quality_score, 'tags', s.tags, 'last_contact_at', s.last_contact_at,
+             'overdue', s.status = 'open' and coalesce(s.last_contact_at, s.created_at) < now() - overdue_after,
+             'next_reminder_at', s.next_reminder_at,
+             'next_appointment_at', coalesce(s.next_appointment_at, case when s.appointment_at >= now() then s.appointment_at end),
+             'unread_count', s.unread_messages, 'stage_entered_at', s.stage_entered_at,
+             'inventory_item_id', s.inventory_item_id) order by s.rn) as cards
+    from shown s group by s.stage_id
+  ), counts as (
+    select c.stage_id, count(*) as n, sum(c.value) as total from cards c group by c.stage_id
+  )
+  select jsonb_build_object(
+    'pipeline', jsonb_build_object('id', p.id, 'name', p.name, 'is_default', p.is_default),
+    'filters', f,
+    'stages', coalesce(jsonb_agg(jsonb_build_object(
+      'id', st.id, 'name', st.name, 'position', st.position, 'kind', st.kind, 'color', st.color,
+      'required_fields', st.required_fields, 'count', coalesce(cn.n, 0), 'total_value', coalesce(cn.total, 0),
+      'cards', coalesce(pc.cards, '[]'::jsonb)) order by st.position), '[]'::jsonb))
+  into result
+  from public.pipeline_stages st
+  left join counts cn on cn.stage_id = st.id
+  left join per_stage_cards pc on pc.stage_id = st.id
+  where st.pipeline_id = pipeline;
+  return result;
+end;
+$$;
+revoke execute on function public.crm_board(uuid, jsonb, int) from public, anon;
+grant execute on function public.crm_board(uuid, jsonb, int) to authenticated, service_role;
+
+/*
+ * Move a card to a stage. The card's triggers check the rule (allowed move, role, required fields such
+ * as the deposit amount for Kapora), move the inventory item, write the timeline, notify the
+ * responsibles, broadcast to the board and the customer's topic and queue the integration hook -- in
+ * this one transaction: a refused move leaves nothing behind.
+ *   fields: {"deposit_amount": 5000, "value": ..., "lost_reason": "...", "inventory_item_id": ..., "appointment_at": ...}
+ */
+create or replace function public.move_card(card uuid, to_stage uuid, fields jsonb default '{}', "position" double precision default null)
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  f jsonb := coalesce(fields, '{}');
+  moved public.cards;
+begin
+  perform private.crm_require_tenant();
+  update public.cards c
+  set stage_id = to_stage,
+      deposit_amount = coalesce((f ->> 'deposit_amount')::numeric, c.deposit_amount),
+      value = coalesce((f ->> 'value')::numeric, c.value),
+      lost_reason = coalesce(f ->> 'lost_reason', c.lost_reason),
+      inventory_item_id = coalesce((f ->> 'inventory_item_id')::uuid, c.inventory_item_id),
+      appointment_at = coalesce((f ->> 'appointment_at')::timestamptz, c.appointment_at),
+      position = coalesce(move_card.position, c.position)
+  where c.id = card
+  returning * into moved;
+  if not found then
+    raise exception 'card not found' using errcode = 'P0002';
+  end if;
+  return jsonb_build_object('id', moved.id, 'stage_id', moved.stage_id, 'status', moved.status,
+                            'stage_entered_at', moved.stage_entered_at, 'position', moved.position);
+end;
+$$;
+revoke execute on function public.move_card(uuid, uuid, jsonb, double precision) from public, anon;
+grant execute on function public.move_card(uuid, uuid, jsonb, double precision) to authenticated, service_role;
+
+-- Bulk move: each card on its own (a refused card does not stop the others); admins and supervisors.
+create or replace function public.bulk_move_cards(cards uuid[], to_stage uuid, fields jsonb default '{}')
+returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  c uuid;
+  ok int := 0;
+  errors jsonb := '[]';
+  msg text;
+  det text;
+  state text;
+begin
+  perform private.crm_require_lead_role();
+  foreach c in array cards loop
+    begin
+      perform public.move_card(c, to_stage, fields);
+      ok := ok + 1;
+    exception when others then
+      get stacked diagnostics msg = message_text, det = pg_exception_detail, state = returned_sqlstate;
+      errors := errors || jsonb_build_object('card_id', c, 'sqlstate', state, 'message', msg,
+        'code', case when det like 'code=%' then split_part(substr(det, 6), ';', 1) end);
+    end;
+  end loop;
+  return jsonb_build_object('moved', ok, 'errors', errors);
+end;
+$$;
+
+-- Bulk assign: mode 'replace' | 'add' | 'remove' the given users as responsibles of the customers.
+create or replace function public.bulk_assign_customers(customers uuid[], users uuid[], mode text default 'replace')
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  n int;
+begin
+  perform private.crm_require_lead_role();
+  if mode not in ('replace', 'add', 'remove') then
+    raise exception 'mode is replace, add or remove' using errcode = '22023';
+  end if;
+  update public.customers c
+  set responsibles = case mode when 'replace' then users
+                               when 'add' then array(select distinct unnest(c.responsibles || users))
+                               else array(select unnest(c.responsibles) except select unnest(users)) end
+  where c.id = any(customers);
+  get diagnostics n = row_count;
+  return n;
+end;
+$$;
+
+create or replace function public.bulk_tag_customers(customers uuid[], add_tags text[] default '{}', remove_tags text[] default '{}')
+returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  n int;
+begin
+  perform private.crm_require_lead_role();
+  update public.customers c
+  set tags = array(select distinct t from unnest(c.tags || coalesce(add_tags, '{}')) t
+                   where not lower(t) = any(array(select lower(x) from unnest(coalesce(remove_tags, '{}')) x)))
+  where c.id = any(customers);
+  get diagnostics n = row_count;
+  return n;
+end;
+$$;
+revoke execute on function public.bulk_move_cards(uuid[], uuid, jsonb), public.bulk_assign_customers(uuid[], uuid[], text),
+  public.bulk_tag_customers(uuid[], text[], text[]) from public, anon;
+grant execute on function public.bulk_move_cards(uuid[], uuid, jsonb), public.bulk_assign_customers(uuid[], uuid[], text),
+  public.bulk_tag_customers(uuid[], text[], text[]) to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- CustomerViewer: one JSON for the whole customer screen
+-- ---------------------------------------------------------------------------------------------
+
+/*
+ * Message history by channel. The inbox provides private.inbox_customer_messages(customer uuid,
+ * per_channel int) returning {"<channel>": [{"id", "direction", "body", "at", "status", ...}], ...};
+ * until it exists the viewer shows {}.
+ */
+create or replace function private.crm_customer_messages(customer uuid, per_channel int default 50) returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  result jsonb;
+begin
+  if to_regprocedure('private.inbox_customer_messages(uuid, integer)') is null then
+    return '{}'::jsonb;
+  end if;
+  execute 'select private.inbox_customer_messages($1, $2)' into result using customer, per_channel;
+  return coalesce(result, '{}'::jsonb);
+end;
+$$;
+grant execute on function private.crm_customer_messages(uuid, int) to authenticated, service_role;
+
+create or replace function public.customer_viewer(customer uuid, timeline_limit int default 200)
+returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  c public.customers;
+begin
+  perform private.crm_require_tenant();
+  select * into c from public.customers x where x.id = customer;  -- RLS: only a customer you may see
+  if not found then
+    raise exception 'customer not found' using errcode = 'P0002';
+  end if;
+  return jsonb_build_object(
+    'customer', to_jsonb(c),
+    'responsibles', coalesce((select jsonb_agg(jsonb_build_object('id', p.id, 'full_name', p.full_name, 'email', p.email))
+                              from public.profiles p where p.id = any(c.responsibles)), '[]'),
+    'quality_score', c.quality_score,
+    'tags', to_jsonb(c.tags),
+    'cards', coalesce((select jsonb_agg(jsonb_build_object('id', cd.id, 'pipeline_id', cd.pipeline_id, 'pipeline', pl.name,
+                         'stage_id', cd.stage_id, 'stage', st.name, 'status', cd.status, 'value', cd.value,
+                         'deposit_amount', cd.deposit_amount, 'stage_entered_at', cd.stage_entered_at) order by cd.created_at)
+                       from public.cards cd join public.pipeline_stages st on st.id = cd.stage_id
+                       join public.pipelines pl on pl.id = cd.pipeline_id
+                       where cd.customer_id = c.id), '[]'),
+    'timeline', coalesce((select jsonb_agg(to_jsonb(t) - 'tenant_id' - 'updated_at' - 'created_at' order by t.occurred_at desc)
+                          from (select * from public.timeline_events e where e.customer_id = c.id
+                                order by e.occurred_at desc limit timeline_limit) t), '[]'),
+    'activities', coalesce((select jsonb_agg(jsonb_build_object('id', a.id, 'type', ty.key, 'type_name', ty.name,
+                              'title', a.title, 'status', a.status, 'scheduled_at', a.scheduled_at,
+                              'assigned_to', a.assigned_to, 'result', a.result, 'closed_at', a.closed_at) order by a.created_at desc)
+                            from public.activities a join public.activity_types ty on ty.id = a.type_id
+                            where a.customer_id = c.id), '[]'),
+    'appointments', coalesce((select jsonb_agg(jsonb_build_object('id', a.id, 'scheduled_at', a.scheduled_at,
+                                'status', a.status, 'title', a.title) order by a.scheduled_at)
+                              from public.activities a join public.activity_types ty on ty.id = a.type_id
+                              where a.customer_id = c.id and ty.key = 'appointment'), '[]'),
+    'reminders', coalesce((select jsonb_agg(to_jsonb(r) - 'tenant_id' order by r.due_at)
+                           from public.reminders r where r.customer_id = c.id), '[]'),
+    'notes', coalesce((select jsonb_agg(to_jsonb(n) - 'tenant_id' order by n.pinned desc, n.created_at desc)
+                       from public.notes n where n.customer_id = c.id), '[]'),
+    'messages', private.crm_customer_messages(c.id),
+    'inventory', coalesce((select jsonb_agg(jsonb_build_object('id', i.id, 'code', i.code, 'name', i.name,
+                             'kind', i.kind, 'project', i.project, 'status', i.status, 'price', i.price))
+                           from public.inventory_items i where i.customer_id = c.id), '[]'),
+    'work_orders', coalesce((select jsonb_agg(jsonb_build_object('id', w.id, 'title', w.title, 'status', w.status,
+                               'progress', w.progress, 'due_at', w.due_at,
+                               'steps', (select coalesce(jsonb_agg(jsonb_build_object('id', s.id, 'position', s.position,
+                                          'title', s.title, 'done_at', s.done_at, 'done_by', s.done_by) order by s.position), '[]')
+                                         from public.work_order_steps s where s.work_order_id = w.id)))
+                             from public.work_orders w where w.customer_id = c.id), '[]'),
+    'orders', '[]'::jsonb,
+    'merges', coalesce((select jsonb_agg(jsonb_build_object('merged_id', m.merged_id, 'at', m.created_at, 'moved', m.moved))
+                        from public.customer_merges m where m.survivor_id = c.id), '[]'));
+end;
+$$;
+revoke execute on function public.customer_viewer(uuid, int) from public, anon;
+grant execute on function public.customer_viewer(uuid, int) to authenticated, service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Notifications
+-- ---------------------------------------------------------------------------------------------
+
+/*
+ * Targeted notifications: target = {"user_id": uuid} | {"user_ids": [...]} | {"role": "supervisor"} |
+ * {"customer_id": uuid} (the customer's responsibles); keys combine. Each recipient gets a row and a
+ * broadcast on user:<uid> (trigger). Returns the number of recipients.
+ */
+create or replace function private.crm_notify(tenant uuid, target jsonb, kind text, title text, body text default null,
+                                              data jsonb default '{}', customer uuid default null)
+returns int
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  n int;
+begin
+  insert into public.notifications (tenant_id, user_id, kind, title, body, data, customer_id)
+  select tenant, m.user_id, kind, title, body, coalesce(data, '{}'),
+         coalesce(customer, nullif(target ->> 'customer_id', '')::uuid)
+  from public.tenant_members m
+  where m.tenant_id = tenant and m.active and (
+        m.user_id = nullif(target ->> 'user_id', '')::uuid
+     or m.user_id in (select jsonb_array_elements_text(coalesce(target -> 'user_ids', '[]'))::uuid)
+     or m.role::text = target ->> 'role'
+     or m.user_id = any(coalesce((select c.responsibles from public.customers c
+                                  where c.tenant_id = tenant and c.id = nullif(target ->> 'customer_id', '')::uuid), '{}')));
+  get diagnostics n = row_count;
+  return n;
+end;
+$$;
+grant execute on function private.crm_notify(uuid, jsonb, text, text, text, jsonb, uuid) to service_role;
+
+create or replace function public.send_notification(target jsonb, title text, body text default null,
+                                                    customer uuid default null, data jsonb default '{}')
+returns int
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+begin
+  if not private.can('crm', 'write') then
+    raise exception 'no permission to notify' using errcode = '42501';
+  end if;
+  if customer is not null and not private.crm_can_see_customer(customer) then
+    raise exception 'customer not found' using errcode = 'P0002';
+  end if;
+  return private.crm_notify(tenant, target, 'message', title, body,
+    coalesce(data, '{}') || jsonb_build_object('from', (select auth.uid())), customer);
+end;
+$$;
+
+-- Mark your notifications read (all when ids is null). The read state reaches your other screens.
+create or replace function public.mark_notifications_read(ids uuid[] default null) returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  n int;
+begin
+  update public.notifications set read_at = now()
+  where user_id = (select auth.uid()) and read_at is null and (ids is null or id = any(ids));
+  get diagnostics n = row_count;
+  return n;
+end;
+$$;
+revoke execute on function public.send_notification(jsonb, text, text, uuid, jsonb), public.mark_notifications_read(uuid[]) from public, anon;
+grant execute on function public.send_notification(jsonb, text, text, uuid, jsonb), public.mark_notifications_read(uuid[])
+  to authenticated, service_role;
+
+-- Worker: due reminders become notifications for their owners (skip locked: workers never collide).
+create or replace function private.crm_fire_due_reminders(n int default 500) returns int
+language plpgsql
+set search_path = ''
+as $$
+declare
+  fired int;
+begin
+  with due as (
+    select r.* from public.reminders r
+    where r.due_at <= now() and r.done_at is null and r.notified_at is null
+    order by r.due_at
+    for update skip locked
+    limit n
+  ), marked as (
+    update public.reminders r set notified_at = now() from due where r.id = due.id returning due.*
+  )
+  insert into public.notifications (tenant_id, user_id, kind, title, body, data, customer_id)
+  select m.tenant_id, m.owner_id, 'reminder_due', m.title,
+         (select c.full_name from public.customers c where c.id = m.customer_id),
+         jsonb_build_object('reminder_id', m.id, 'due_at', m.due_at, 'card_id', m.card_id), m.customer_id
+  from marked m;
+  get diagnostics fired = row_count;
+  return fired;
+end;
+$$;
+grant execute on function private.crm_fire_due_reminders(int) to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Sales rep assignment (round robin or region / source / campaign rules, per tenant)
+-- ---------------------------------------------------------------------------------------------
+create or replace function private.crm_pick_rep(tenant uuid, context jsonb default '{}') returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  cfg public.crm_settings;
+  rep uuid;
+begin
+  select * into cfg from public.crm_settings s where s.tenant_id = tenant for update;
+  if not found then
+    insert into public.crm_settings (tenant_id) values (tenant) on conflict (tenant_id) do nothing;
+    select * into cfg from public.crm_settings s where s.tenant_id = tenant for update;
+  end if;
+  if cfg.assignment_mode = 'rules' then
+    select r.assignee into rep from public.assignment_rules r
+    join public.tenant_members m on m.tenant_id = r.tenant_id and m.user_id = r.assignee and m.active
+    where r.tenant_id = tenant and r.active and coalesce(context, '{}') @> r.match
+    order by r.priority, r.created_at limit 1;
+    if rep is not null then
+      return rep;
+    end if;
+  end if;
+  if not private.feature_enabled(tenant, 'crm.round_robin') then
+    return null;
+  end if;
+  select m.user_id into rep from public.tenant_members m
+  where m.tenant_id = tenant and m.active and m.role = any(cfg.rep_roles)
+    and coalesce(m.attributes ->> 'sales_rep', 'true') <> 'false'
+  order by (cfg.round_robin_last is not null and m.user_id > cfg.round_robin_last) desc, m.user_id
+  limit 1;
+  if rep is not null then
+    update public.crm_settings set round_robin_last = rep where id = cfg.id;
+  end if;
+  return rep;
+end;
+$$;
+grant execute on function private.crm_pick_rep(uuid, jsonb) to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- User management (audited)
+-- ---------------------------------------------------------------------------------------------
+create or replace function private.crm_owner_guard(tenant uuid, target uuid) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if exists (select 1 from public.tenant_members m where m.tenant_id = tenant and m.user_id = target and m.role = 'owner' and m.active)
+     and (select count(*) from public.tenant_members m where m.tenant_id = tenant and m.role = 'owner' and m.active) <= 1 then
+    raise exception 'the tenant needs at least one active owner' using errcode = 'PT409', detail = 'code=last_owner';
+  end if;
+end;
+$$;
+
+create or replace function public.invite_member(email text, role public.member_role default 'agent', full_name text default null)
+returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+  e text := private.crm_email(email);
+  uid uuid;
+  member public.tenant_members;
+begin
+  if not private.can('team', 'manage') then
+    raise exception 'inviting needs the team manage permission' using errcode = '42501';
+  end if;
+  if role = 'owner' and private.tenant_role() <> 'owner' then
+    raise exception 'only owners make owners' using errcode = 'PT403', detail = 'code=owner_required';
+  end if;
+  if e is null then
+    raise exception 'e-mail is not valid' using errcode = 'PT422', detail = 'code=invalid_email';
+  end if;
+  select u.id into uid from auth.users u where lower(u.email) = e;
+  if uid is null then
+    -- Locally the shim's auth.users; on Supabase the edge may call the Auth admin invite API instead
+    -- and then call this function, which finds the user.
+    insert into auth.users (id, aud, role, email, raw_user_meta_data, raw_app_meta_data)
+    values (gen_random_uuid(), 'authenticated', 'authenticated', e,
+            jsonb_build_object('full_name', coalesce(full_name, e)), jsonb_build_object('tenant_id', tenant))
+    returning id into uid;
+  end if;
+  insert into public.tenant_members (tenant_id, user_id, role, active)
+  values (tenant, uid, role, true)
+  on conflict (tenant_id, user_id) do update set role = excluded.role, active = true
+  returning * into member;
+  perform audit.record(tenant, 'member.invite', 'tenant_members', member.id::text, null,
+    jsonb_build_object('user_id', uid, 'email', e, 'role', role));
+  return uid;
+end;
+$$;
+
+create or replace function public.deactivate_member(user_id uuid) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+  before public.tenant_members;
+begin
+  if not private.can('team', 'manage') then
+    raise exception 'deactivating needs the team manage permission' using errcode = '42501';
+  end if;
+  if user_id = (select auth.uid()) then
+    raise exception 'you cannot deactivate yourself' using errcode = 'PT409', detail = 'code=self';
+  end if;
+  select * into before from public.tenant_members m where m.tenant_id = tenant and m.user_id = deactivate_member.user_id;
+  if not found then
+    raise exception 'member not found' using errcode = 'P0002';
+  end if;
+  if before.role = 'owner' and private.tenant_role() <> 'owner' then
+    raise exception 'only owners deactivate owners' using errcode = 'PT403', detail = 'code=owner_required';
+  end if;
+  perform private.crm_owner_guard(tenant, user_id);
+  update public.tenant_members m set active = false where m.id = before.id;
+  perform audit.record(tenant, 'member.deactivate', 'tenant_members', before.id::text,
+    jsonb_build_object('user_id', user_id, 'role', before.role, 'active', before.active),
+    jsonb_build_object('user_id', user_id, 'role', before.role, 'active', false));
+end;
+$$;
+
+create or replace function public.change_member_role(user_id uuid, role public.member_role) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+  before public.tenant_members;
+begin
+  if not private.can('team', 'manage') then
+    raise exception 'changing roles needs the team manage permission' using errcode = '42501';
+  end if;
+  select * into before from public.tenant_members m where m.tenant_id = tenant and m.user_id = change_member_role.user_id;
+  if not found then
+    raise exception 'member not found' using errcode = 'P0002';
+  end if;
+  if (role = 'owner' or before.role = 'owner') and private.tenant_role() <> 'owner' then
+    raise exception 'only owners make or unmake owners' using errcode = 'PT403', detail = 'code=owner_required';
+  end if;
+  if before.role = 'owner' and role <> 'owner' then
+    perform private.crm_owner_guard(tenant, user_id);
+  end if;
+  update public.tenant_members m set role = change_member_role.role where m.id = before.id;
+  perform audit.record(tenant, 'member.change_role', 'tenant_members', before.id::text,
+    jsonb_build_object('user_id', user_id, 'role', before.role), jsonb_build_object('user_id', user_id, 'role', role));
+end;
+$$;
+revoke execute on function public.invite_member(text, public.member_role, text), public.deactivate_member(uuid),
+  public.change_member_role(uuid, public.member_role) from public, anon;
+grant execute on function public.invite_member(text, public.member_role, text), public.deactivate_member(uuid),
+  public.change_member_role(uuid, public.member_role) to authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- CSV import and export (edge parses / writes the CSV; these are the rules)
+-- ---------------------------------------------------------------------------------------------
+
+/*
+ * Import customers: rows = [{"line": 2, "full_name": ..., "phone": ..., "email": ..., "source": ...,
+ * "campaign": ..., "utm_*": ..., "region": ..., "quality_score": ..., "tags": "a;b" | [...]}, ...].
+ * Each line on its own (a bad line does not stop the others); an existing customer (same phone or
+ * e-mail) is skipped or, with on_duplicate = 'update', has its blank fields filled and tags added.
+ * Runs as the caller: RLS applies. Returns {"inserted", "updated", "skipped", "errors": [{"line", "code", "message"}]}.
+ */
+create or replace function public.crm_import_customers(rows jsonb, on_duplicate text default 'skip') returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+  region text;
+  r jsonb;
+  p text;
+  e text;
+  tags text[];
+  existing uuid;
+  inserted int := 0;
+  updated int := 0;
+  skipped int := 0;
+  errors jsonb := '[]';
+  msg text;
+  det text;
+  state text;
+begin
+  if not private.can('crm', 'write') then
+    raise exception 'importing needs the crm write permission' using errcode = '42501';
+  end if;
+  select t.default_region into region from public.tenants t where t.id = tenant;
+  for r in select * from jsonb_array_elements(coalesce(rows, '[]')) loop
+    begin
+      p := nullif(trim(r ->> 'phone'), '');
+      if p is not null and p !~ '^\+[1-9][0-9]{6,14}$' then
+        p := private.crm_phone(p, region);
+        if p is null then
+          raise exception 'phone % is not a valid number', r ->> 'phone' using errcode = 'PT422', detail = 'code=invalid_phone';
+        end if;
+      end if;
+      e := nullif(trim(r ->> 'email'), '');
+      if e is not null then
+        e := private.crm_email(e);
+        if e is null then
+          raise exception 'e-mail % is not valid', r ->> 'email' using errcode = 'PT422', detail = 'code=invalid_email';
+        end if;
+      end if;
+      if p is null and e is null then
+        raise exception 'a customer needs a phone or an e-mail' using errcode = 'PT422', detail = 'code=contact_required';
+      end if;
+      if nullif(trim(r ->> 'full_name'), '') is null then
+        raise exception 'full_name is empty' using errcode = 'PT422', detail = 'code=name_required';
+      end if;
+      tags := case jsonb_typeof(r -> 'tags') when 'array' then array(select jsonb_array_elements_text(r -> 'tags'))
+                   when 'string' then string_to_array(r ->> 'tags', ';') else '{}' end;
+      select c.id into existing from public.customers c
+      where c.tenant_id = tenant and ((p is not null and c.phone = p) or (e is not null and c.email = e)) limit 1;
+      if existing is not null then
+        if on_duplicate = 'update' then
+          update public.customers c
+          set email = coalesce(c.email, e), phone = coalesce(c.phone, p),
+              source = coalesce(c.source, r ->> 'source'), campaign = coalesce(c.campaign, r ->> 'campaign'),
+              region = coalesce(c.region, r ->> 'region'),
+              tags = array(select distinct unnest(c.tags || tags))
+          where c.id = existing;
+          updated := updated + 1;
+        else
+          skipped := skipped + 1;
+        end if;
+        continue;
+      end if;
+      insert into public.customers (tenant_id, full_name, phone, email, region, source, campaign, utm_source, utm_medium,
+                                    utm_campaign, utm_term, utm_content, quality_score, tags)
+      values (tenant, trim(r ->> 'full_name'), p, e, r ->> 'region', coalesce(r ->> 'source', 'import'), r ->> 'campaign',
+              r ->> 'utm_source', r ->> 'utm_medium', r ->> 'utm_campaign', r ->> 'utm_term', r ->> 'utm_content',
+              nullif(r ->> 'quality_score', '')::int, tags);
+      inserted := inserted + 1;
+    exception when others then
+      get stacked diagnostics msg = message_text, det = pg_exception_detail, state = returned_sqlstate;
+      errors := errors || jsonb_build_object('line', r -> 'line', 'sqlstate', state, 'message', msg,
+        'code', case when det like 'code=%' then split_part(substr(det, 6), ';', 1)
+                     when state = '23505' then 'duplicate'
+                     when state = '42501' then 'forbidden' else 'invalid' end);
+    end;
+  end loop;
+  perform audit.record(tenant, 'import', 'customers', null, null,
+    jsonb_build_object('inserted', inserted, 'updated', updated, 'skipped', skipped, 'errors', jsonb_array_length(errors)));
+  return jsonb_build_object('inserted', inserted, 'updated', updated, 'skipped', skipped, 'errors', errors);
+end;
+$$;
+
+create or replace function private.crm_mask_phone(p text) returns text
+language sql immutable
+set search_path = ''
+as $$ select case when p is null then null else left(p, 4) || repeat('*', greatest(length(p) - 6, 0)) || right(p, 2) end $$;
+
+create or replace function private.crm_mask_email(e text) returns text
+language sql immutable
+set search_path = ''
+as $$ select case when e is null then null else left(split_part(e, '@', 1), 1) || '***@' || split_part(e, '@', 2) end $$;
+
+create or replace function private.crm_mask_name(n text) returns text
+language sql immutable
+set search_path = ''
+as $$
+  select case when n is null then null
+              when position(' ' in trim(n)) = 0 then left(trim(n), 1) || '***'
+              else split_part(trim(n), ' ', 1) || ' ' || left(reverse(split_part(reverse(trim(n)), ' ', 1)), 1) || '.' end
+$$;
+grant execute on function private.crm_mask_phone(text), private.crm_mask_email(text), private.crm_mask_name(text)
+  to authenticated, service_role;
+
+/*
+ * Export customers: the rows the caller may see (RLS), masked when asked or when the caller lacks the
+ * 'pii' export permission; recorded in the audit chain (how many, masked or not, the filters).
+ */
+create or replace function public.crm_export_customers(mask boolean default false, filters jsonb default '{}')
+returns table (id uuid, full_name text, phone text, email text, region text, source text, campaign text,
+               utm_source text, utm_medium text, utm_campaign text, quality_score int, tags text,
+               responsibles text, last_contact_at timestamptz, created_at timestamptz)
+language plpgsql
+set search_path = ''
+as $$
+declare
+  tenant uuid := private.crm_require_tenant();
+  masked boolean := coalesce(mask, false) or not private.can('pii', 'export');
+  f jsonb := coalesce(filters, '{}');
+  n bigint;
+begin
+  if not private.can('crm', 'export') then
+    raise exception 'exporting needs the crm export permission' using errcode = '42501';
+  end if;
+  return query
+    select c.id,
+           case when masked then private.crm_mask_name(c.full_name) else c.full_name end,
+           case when masked then private.crm_mask_phone(c.phone) else c.phone end,
+           case when masked then private.crm_mask_email(c.email) else c.email end,
+           c.region, c.source, c.campaign, c.utm_source, c.utm_medium, c.utm_campaign, c.quality_score,
+           array_to_string(c.tags, ';'),
+           (select string_agg(coalesce(p.email, p.id::text), ';') from public.profiles p where p.id = any(c.responsibles)),
+           c.last_contact_at, c.created_at
+    from public.customers c
+    where (f ->> 'source' is null or c.source = f ->> 'source')
+      and (f ->> 'campaign' is null or c.campaign = f ->> 'campaign')
+      and (f ->> 'tag' is null or lower(f ->> 'tag') = any(c.tags))
+    order by c.created_at, c.id;
+  get diagnostics n = row_count;
+  perform audit.record(tenant, 'export', 'customers', null, null,
+    jsonb_build_object('rows', n, 'masked', masked, 'filters', f));
+end;
+$$;
+revoke execute on function public.crm_import_customers(jsonb, text), public.crm_export_customers(boolean, jsonb) from public, anon;
+grant execute on function public.crm_import_customers(jsonb, text), public.crm_export_customers(boolean, jsonb) to authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- Worker: integration hooks (Zoho outbound sync state)
+-- ---------------------------------------------------------------------------------------------
+
+-- What the Zoho sync sends for a customer (and its open deal), with the known external ids.
+create or replace function private.crm_sync_payload(customer uuid) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'tenant_id', c.tenant_id, 'customer', jsonb_build_object('id', c.id, 'full_name', c.full_name, 'phone', c.phone,
+      'email', c.email, 'source', c.source, 'campaign', c.campaign, 'tags', c.tags),
+    'deals', coalesce((select jsonb_agg(jsonb_build_object('id', cd.id, 'stage', st.name, 'stage_kind', st.kind,
+                         'value', cd.value, 'status', cd.status))
+                       from public.cards cd join public.pipeline_stages st on st.id = cd.stage_id
+                       where cd.customer_id = c.id), '[]'))
+  from public.customers c where c.id = customer
+$$;
+grant execute on function private.crm_sync_payload(uuid) to service_role;
+
+-- Service-only functions (the default grants private functions to authenticated too).
+revoke execute on function private.match_or_create_customer(uuid, text, text, text, jsonb), private.crm_notify(uuid, jsonb, text, text, text, jsonb, uuid),
+  private.crm_fire_due_reminders(int), private.crm_pick_rep(uuid, jsonb), private.crm_sync_payload(uuid),
+  private.crm_owner_guard(uuid, uuid) from public, authenticated;
