@@ -84,8 +84,10 @@ def clean_text(value) -> str | None:
     """Trim, NFC-normalise and collapse whitespace; empty -> None."""
     if value is None:
         return None
-    text = unicodedata.normalize("NFC", str(value)).strip()
-    text = re.sub(r"\s+", " ", text)
+    text = str(value)
+    if not text.isascii() and not unicodedata.is_normalized("NFC", text):
+        text = unicodedata.normalize("NFC", text)
+    text = " ".join(text.split())
     return text or None
 
 
@@ -112,6 +114,18 @@ def normalize_phone(raw, region: str = "TR") -> str | None:
     return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
 
 
+_SIMPLE_EMAIL = re.compile(r"^[a-z0-9_%+'-]+(?:\.[a-z0-9_%+'-]+)*@([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.[a-z]{2,63})$")
+
+
+@lru_cache(maxsize=50_000)
+def _valid_mail_domain(domain: str) -> bool:
+    try:
+        validate_email("x@" + domain, check_deliverability=False)
+        return True
+    except EmailNotValidError:
+        return False
+
+
 @lru_cache(maxsize=200_000)
 def normalize_email(raw) -> str | None:
     """A syntactically valid address, lower-cased (Turkish-aware), international domains kept; no DNS.
@@ -119,7 +133,17 @@ def normalize_email(raw) -> str | None:
     text = clean_text(raw)
     if not text:
         return None
-    text = text.removeprefix("mailto:").strip()
+    text = tr_lower(text.removeprefix("mailto:").strip())
+    if text.isascii():
+        # Fast path for plain ASCII addresses: the local part checked by pattern, the domain by
+        # email-validator once per distinct domain.
+        lowered = text.lower()
+        match = _SIMPLE_EMAIL.match(lowered)
+        if match and len(lowered) <= 254 and len(lowered.split("@", 1)[0]) <= 64:
+            domain = match.group(1)
+            if len(domain) <= 253 and all(len(label) <= 63 for label in domain.split(".")):
+                return lowered
+            return None
     try:
         result = validate_email(text, check_deliverability=False)
     except EmailNotValidError:
@@ -158,6 +182,7 @@ def is_free_mail(domain: str | None) -> bool:
     return bool(domain) and domain in FREE_MAIL_DOMAINS
 
 
+@lru_cache(maxsize=200_000)
 def domain_from(website=None, email=None) -> str | None:
     """The company's domain: from the website, else from the e-mail unless it is a free-mail address."""
     domain = clean_domain(website)
@@ -188,16 +213,34 @@ def unique_lead_id(domain: str | None, email: str | None, phone: str | None,
 
 
 # ------------------------------------------------------------------------------------------ records
+def header_columns(header: list[str]) -> list[str | None]:
+    """The standard column each header names (None for columns we keep only in the raw payload)."""
+    seen: set[str] = set()
+    columns: list[str | None] = []
+    for name in header:
+        column = HEADER_ALIASES.get(fold_header(name or ""))
+        if column in seen:
+            column = None
+        if column:
+            seen.add(column)
+        columns.append(column)
+    return columns
+
+
 def normalize_record(row: dict, region: str = "TR") -> tuple[dict, list[str]]:
-    """Map one raw row to the standard lead columns. Returns (lead, problems); a row with problems
-    is rejected by bulk imports (each problem is a short reason)."""
+    """Map one raw row (any common header spelling) to the standard lead columns. Returns
+    (lead, problems); a row with problems is rejected by bulk imports (each problem a short reason)."""
+    keys = [k for k in row if k is not None]
+    columns = header_columns(keys)
+    return normalize_values({c: row[k] for k, c in zip(keys, columns) if c}, region)
+
+
+def normalize_values(values: dict, region: str = "TR") -> tuple[dict, list[str]]:
+    """Normalise values already keyed by standard column names."""
     lead: dict = {}
-    for key, value in row.items():
-        if key is None:
-            continue
-        column = HEADER_ALIASES.get(fold_header(key))
+    for column, value in values.items():
         text = clean_text(value)
-        if column and text and column not in lead:
+        if text:
             lead[column] = text
     problems: list[str] = []
     raw_email, raw_phone = lead.get("email"), lead.get("phone")
@@ -216,11 +259,16 @@ def normalize_record(row: dict, region: str = "TR") -> tuple[dict, list[str]]:
     if not (lead.get("email") or lead.get("phone") or lead.get("website")) and not problems:
         problems.append("no e-mail, phone or website")
     if lead.get("city"):
-        lead["city"] = tr_title(lead["city"])
+        lead["city"] = _city(lead["city"])
     lead["domain_cleaned"] = domain_from(lead.get("website"), lead.get("email"))
     lead["unique_lead_id"] = lead.get("unique_lead_id") or unique_lead_id(
         lead["domain_cleaned"], lead.get("email"), lead.get("phone"), lead.get("company_name"), lead.get("external_id"))
     return lead, problems
+
+
+@lru_cache(maxsize=10_000)
+def _city(text: str) -> str:
+    return tr_title(text)
 
 
 # -------------------------------------------------------------------------------------------- CSV
@@ -257,5 +305,5 @@ def iter_text(chunks: Iterable[bytes], encoding: str | None = None) -> Iterable[
 
 
 __all__ = ["normalize_phone", "normalize_email", "domain_from", "clean_domain", "is_free_mail", "unique_lead_id",
-           "normalize_record", "tr_lower", "tr_upper", "tr_title", "clean_text", "sniff_encoding", "iter_text",
+           "normalize_record", "normalize_values", "header_columns", "tr_lower", "tr_upper", "tr_title", "clean_text", "sniff_encoding", "iter_text",
            "FREE_MAIL_DOMAINS", "STANDARD_COLUMNS"]

@@ -100,7 +100,10 @@ create table public.leads (
   enrichment jsonb not null default '{}'::jsonb,
   validation jsonb not null default '{}'::jsonb,
   -- Orchestrator
-  processing_status text not null default 'RAW' references private.lead_statuses (status),
+  -- The statuses of private.lead_statuses (a check, not a foreign key: no per-row lookup on bulk inserts).
+  processing_status text not null default 'RAW' check (processing_status in ('RAW', 'NORMALIZED', 'ENRICHING',
+    'ENRICHED', 'QUALIFYING', 'QUALIFIED', 'CRM_SYNCED', 'NURTURING', 'COMPLETED', 'REJECTED', 'HUMAN_REVIEW_NEEDED',
+    'TIMEOUT_DETECTED', 'CRM_ERROR')),
   current_orchestrator_priority int not null default 50 check (current_orchestrator_priority between 0 and 100),
   next_orchestrator_module text,
   next_attempt_at timestamptz not null default now(),
@@ -197,8 +200,9 @@ create table public.processing_logs (
   detail jsonb not null default '{}'::jsonb,
   error text,
   created_at timestamptz not null default now(),
-  unique (tenant_id, id),
-  foreign key (tenant_id, lead_id) references public.leads (tenant_id, id) on delete cascade
+  -- No foreign key to leads: the log is history (it outlives a deleted lead) and bulk imports write
+  -- one row per lead without a per-row lookup.
+  unique (tenant_id, id)
 );
 create index processing_logs_lead_idx on public.processing_logs (tenant_id, lead_id, id);
 create index processing_logs_time_idx on public.processing_logs (tenant_id, created_at desc);

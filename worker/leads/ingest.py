@@ -1,0 +1,217 @@
+"""Bulk lead import (CSV): decode (UTF-8 with or without BOM, UTF-16, Windows-1254), parse, normalise
+each row with luna.normalize (cached per distinct value), COPY the good rows into
+private.lead_staging and merge them with ONE set-based call (private.ingest_staged). Bad rows are
+reported by their line number in the file (the header is line 1).
+
+Used by `luna ingest csv`, `POST /v1/leads/import` and `luna bench ingest`.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import itertools
+import json
+import os
+import uuid
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Iterator
+
+from luna.normalize import header_columns, iter_text, normalize_values
+
+STAGE_COLUMNS = ("batch", "line", "unique_lead_id", "company_name", "contact_name", "email", "phone", "website",
+                 "domain_cleaned", "city", "country", "utm_source", "utm_medium", "utm_campaign", "utm_content",
+                 "utm_term", "raw")
+COPY_SQL = f"copy private.lead_staging ({', '.join(STAGE_COLUMNS)}) from stdin"
+MAX_ERRORS_KEPT = 10_000
+
+
+@dataclass
+class ImportResult:
+    rows: int = 0
+    inserted: int = 0
+    merged: int = 0
+    rejected: int = 0
+    errors: list[dict] = field(default_factory=list)
+
+    def as_dict(self) -> dict:
+        return {"rows": self.rows, "inserted": self.inserted, "merged": self.merged, "rejected": self.rejected,
+                "errors": self.errors}
+
+
+def _lines(texts: Iterable[str]) -> Iterator[str]:
+    """Split decoded text into lines (keeping line ends, so quoted newlines survive csv)."""
+    rest = ""
+    for text in texts:
+        text = rest + text
+        lines = text.splitlines(keepends=True)
+        if lines and not lines[-1].endswith(("\n", "\r")):
+            rest = lines.pop()
+        else:
+            rest = ""
+        yield from lines
+    if rest:
+        yield rest
+
+
+def _dialect(sample: str):
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;\t|")
+    except csv.Error:
+        return csv.excel
+
+
+def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | None = None,
+          progress: Callable[[int], None] | None = None, workers: int | None = None,
+          chunk_rows: int = 5000) -> Iterator[tuple]:
+    """Yield staging tuples (without the batch id) for every good row; bad rows go to result.errors.
+
+    The CSV is parsed here; normalisation runs in chunks, on a process pool of `workers` (default:
+    the cores, when the file has more than one chunk)."""
+    result = result if result is not None else ImportResult()
+    lines = _lines(iter_text(chunks))
+    head: list[str] = []
+    for line in lines:
+        head.append(line)
+        if len(head) >= 5:
+            break
+    if not head:
+        return
+    dialect = _dialect("".join(head))
+
+    def all_lines():
+        yield from head
+        yield from lines
+
+    reader = csv.reader(all_lines(), dialect)
+    try:
+        header = [h.strip() for h in next(reader)]
+    except StopIteration:
+        return
+    spec = (region, header_columns(header), header)
+
+    def raw_chunks():
+        items = []
+        for values in reader:
+            if not values or not any(v.strip() for v in values):
+                continue
+            items.append((reader.line_num, values))
+            if len(items) >= chunk_rows:
+                yield items
+                items = []
+        if items:
+            yield items
+
+    source = raw_chunks()
+    first = next(source, None)
+    if first is None:
+        return
+    second = next(source, None)
+    jobs = itertools.chain([first], [second] if second else [], source)
+    pool = None
+    if second is not None and (workers or os.cpu_count() or 1) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        pool = ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context("fork"))
+        outputs = pool.map(_normalize_chunk, ((spec, items) for items in jobs))
+    else:
+        outputs = (_normalize_chunk((spec, items)) for items in jobs)
+    try:
+        for rows, errors, count in outputs:
+            result.rows += count
+            for line, reason in errors:
+                _reject(result, line, reason)
+            yield from rows
+            if progress:
+                progress(result.rows)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _normalize_chunk(args) -> tuple[list[tuple], list[tuple[int, str]], int]:
+    (region, columns, header), items = args
+    width = len(header)
+    mapped = [(i, c) for i, c in enumerate(columns) if c]
+    dumps = json.dumps
+    rows, errors = [], []
+    for line, values in items:
+        if len(values) > width and any(v.strip() for v in values[width:]):
+            errors.append((line, f"{len(values)} fields where the header has {width} (unquoted comma?)"))
+            continue
+        lead, problems = normalize_values({c: values[i] for i, c in mapped if i < len(values)}, region)
+        if problems:
+            errors.append((line, "; ".join(problems)))
+            continue
+        raw = {header[i] or f"col{i}": v for i, v in enumerate(values[:width]) if v}
+        rows.append((line, lead["unique_lead_id"], lead.get("company_name"), lead.get("contact_name"),
+                     lead.get("email"), lead.get("phone"), lead.get("website"), lead.get("domain_cleaned"),
+                     lead.get("city"), lead.get("country"), lead.get("utm_source"), lead.get("utm_medium"),
+                     lead.get("utm_campaign"), lead.get("utm_content"), lead.get("utm_term"),
+                     dumps(raw, ensure_ascii=False)))
+    return rows, errors, len(items)
+
+
+def _reject(result: ImportResult, line: int, reason: str) -> None:
+    result.rejected += 1
+    if len(result.errors) < MAX_ERRORS_KEPT:
+        result.errors.append({"line": line, "reason": reason})
+
+
+def tenant_region(conn, tenant: str) -> str:
+    row = conn.execute("select default_region from public.tenants where id = %s", (tenant,)).fetchone()
+    if row is None:
+        raise LookupError(f"no tenant {tenant}")
+    return row["default_region"] if isinstance(row, dict) else row[0]
+
+
+def import_csv(conn, tenant: str, chunks: Iterable[bytes], source: str = "csv",
+               progress: Callable[[int], None] | None = None) -> ImportResult:
+    """Synchronous import over a psycopg connection (CLI, bench)."""
+    result = ImportResult()
+    region = tenant_region(conn, tenant)
+    batch = uuid.uuid4()
+    with conn.transaction():
+        with conn.cursor() as cur:
+            with cur.copy(COPY_SQL) as copy:
+                for row in parse(chunks, region, result, progress):
+                    copy.write_row((batch, *row))
+            counts = cur.execute("select * from private.ingest_staged(%s, %s, %s)", (batch, tenant, source)).fetchone()
+    _count(result, counts)
+    return result
+
+
+async def import_csv_async(conn, tenant: str, rows: Iterable[tuple], result: ImportResult,
+                           source: str = "csv") -> ImportResult:
+    """The async half for edge: rows already parsed (parse() in a thread), staged with COPY, merged."""
+    batch = uuid.uuid4()
+    async with conn.cursor() as cur:
+        async with cur.copy(COPY_SQL) as copy:
+            for row in rows:
+                await copy.write_row((batch, *row))
+        await cur.execute("select * from private.ingest_staged(%s, %s, %s)", (batch, tenant, source))
+        counts = await cur.fetchone()
+    _count(result, counts)
+    return result
+
+
+def _count(result: ImportResult, counts) -> None:
+    if isinstance(counts, dict):
+        result.inserted, result.merged = counts["inserted"], counts["merged"]
+    else:
+        result.inserted, result.merged = counts
+    # Rows that were duplicates of another row in the same file merged into it.
+    result.merged = result.rows - result.rejected - result.inserted
+
+
+def file_chunks(path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(size):
+            yield chunk
+
+
+def bytes_chunks(data: bytes, size: int = 1 << 20) -> Iterator[bytes]:
+    buf = io.BytesIO(data)
+    while chunk := buf.read(size):
+        yield chunk
