@@ -926,3 +926,177 @@ grant execute on function private.crm_sync_payload(uuid) to service_role;
 revoke execute on function private.match_or_create_customer(uuid, text, text, text, jsonb), private.crm_notify(uuid, jsonb, text, text, text, jsonb, uuid),
   private.crm_fire_due_reminders(int), private.crm_pick_rep(uuid, jsonb), private.crm_sync_payload(uuid),
   private.crm_owner_guard(uuid, uuid) from public, authenticated;
+
+-- ---------------------------------------------------------------------------------------------
+-- LUNA Module 4.1: a qualified lead into the CRM
+-- ---------------------------------------------------------------------------------------------
+
+/*
+ * HOT: the customer is matched or created (phone / e-mail), a card opened in the tenant's default
+ * pipeline's first stage (or the open one reused), a sales rep assigned (the lead's assignee, else the
+ * customer's responsible, else the tenant's rules / round robin), the rep notified in-app (and by
+ * e-mail / WhatsApp jobs when the tenant's CRM settings ask), the Zoho sync queued when on.
+ * WARM / COLD: NURTURING. Returns {"status": "CRM_SYNCED" | "NURTURING", ...}; a failure raises
+ * (PT422 with code=...), which the worker turns into CRM_ERROR with the reason.
+ * Leased by the worker: the worker completes the lead with the returned status. Not leased (a person
+ * retrying from SQL): the status is applied here through private.advance_lead.
+ */
+create or replace function private.sync_lead_to_crm(lead_id uuid) returns jsonb
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  l public.leads;
+  cfg public.crm_settings;
+  customer uuid;
+  cust public.customers;
+  rep uuid;
+  pipe uuid;
+  first_stage uuid;
+  card uuid;
+  card_created boolean := false;
+  result jsonb;
+  display_name text;
+begin
+  select * into l from public.leads x where x.id = lead_id;
+  if not found then
+    raise exception 'no lead %', lead_id using errcode = 'PT404', detail = 'code=lead_not_found';
+  end if;
+  if coalesce(l.claimed_status, l.processing_status) not in ('QUALIFIED', 'CRM_ERROR') then
+    raise exception 'lead % is %, not QUALIFIED', lead_id, l.processing_status using errcode = 'PT409', detail = 'code=not_qualified';
+  end if;
+  if coalesce(l.lead_category, 'COLD') <> 'HOT' then
+    result := jsonb_build_object('status', 'NURTURING', 'category', l.lead_category);
+  else
+    display_name := coalesce(nullif(trim(l.contact_name), ''), nullif(trim(l.company_name), ''));
+    customer := private.match_or_create_customer(l.tenant_id, display_name, l.phone, l.email,
+      jsonb_build_object('source', l.source, 'utm_source', l.utm_source, 'utm_medium', l.utm_medium,
+                         'utm_campaign', l.utm_campaign, 'utm_term', l.utm_term, 'utm_content', l.utm_content,
+                         'campaign', l.utm_campaign, 'region', l.city, 'lead_id', l.id, 'quality_score', l.luna_ai_score,
+                         'company', l.company_name, 'sector', l.sector_category));
+    select * into cust from public.customers c where c.id = customer;
+    select * into cfg from public.crm_settings s where s.tenant_id = l.tenant_id;
+    -- the rep: the lead's assignee, the customer's responsible, else rules / round robin
+    rep := (select m.user_id from public.tenant_members m
+            where m.tenant_id = l.tenant_id and m.active and m.user_id = l.assigned_to);
+    if rep is null and cardinality(cust.responsibles) > 0 then
+      rep := (select m.user_id from public.tenant_members m
+              where m.tenant_id = l.tenant_id and m.active and m.user_id = any(cust.responsibles)
+              order by array_position(cust.responsibles, m.user_id) limit 1);
+    end if;
+    if rep is null then
+      rep := private.crm_pick_rep(l.tenant_id, jsonb_strip_nulls(jsonb_build_object(
+        'region', l.city, 'source', l.source, 'campaign', l.utm_campaign, 'sector', l.sector_category,
+        'country', l.country)));
+    end if;
+    if rep is null then
+      raise exception 'no active sales rep to assign the lead to' using errcode = 'PT422', detail = 'code=no_rep';
+    end if;
+    if not rep = any(cust.responsibles) then
+      update public.customers c set responsibles = c.responsibles || rep where c.id = customer;
+    end if;
+    update public.customers c set quality_score = greatest(c.quality_score, l.luna_ai_score),
+           lead_id = coalesce(c.lead_id, l.id)
+    where c.id = customer and (c.quality_score is distinct from greatest(c.quality_score, l.luna_ai_score) or c.lead_id is null);
+    select p.id into pipe from public.pipelines p where p.tenant_id = l.tenant_id and p.is_default and not p.archived;
+    if pipe is null then
+      raise exception 'the tenant has no default pipeline' using errcode = 'PT422', detail = 'code=no_pipeline';
+    end if;
+    select s.id into first_stage from public.pipeline_stages s
+    where s.pipeline_id = pipe and s.kind = 'open' order by s.position limit 1;
+    select c.id into card from public.cards c
+    where c.customer_id = customer and c.pipeline_id = pipe and c.status = 'open' limit 1;
+    if card is null then
+      insert into public.cards (tenant_id, pipeline_id, stage_id, customer_id, title)
+      values (l.tenant_id, pipe, first_stage, customer, coalesce(l.company_name, display_name, 'Lead'))
+      returning id into card;
+      card_created := true;
+    end if;
+    perform private.crm_timeline(l.tenant_id, customer, 'lead_synced',
+      jsonb_build_object('lead_id', l.id, 'category', l.lead_category, 'score', l.luna_ai_score,
+                         'reason', l.luna_ai_reason, 'rep', rep, 'source', l.source), card);
+    perform private.crm_notify(l.tenant_id, jsonb_build_object('user_id', rep), 'lead_assigned',
+      'Yeni HOT lead: ' || coalesce(display_name, cust.full_name),
+      concat_ws(' · ', l.company_name, cust.phone, l.source),
+      jsonb_build_object('lead_id', l.id, 'card_id', card, 'score', l.luna_ai_score), customer);
+    if coalesce(cfg.notify_email, false) then
+      perform private.enqueue_job('crm.notify_rep', jsonb_build_object('channel', 'email', 'rep', rep,
+        'customer_id', customer, 'lead_id', l.id, 'card_id', card), l.tenant_id, now(), 'crm.notify_rep:email:' || l.id);
+    end if;
+    if coalesce(cfg.notify_whatsapp, false) then
+      perform private.enqueue_job('crm.notify_rep', jsonb_build_object('channel', 'whatsapp', 'rep', rep,
+        'customer_id', customer, 'lead_id', l.id, 'card_id', card), l.tenant_id, now(), 'crm.notify_rep:whatsapp:' || l.id);
+    end if;
+    if coalesce(cfg.zoho_sync, false) or private.feature_enabled(l.tenant_id, 'crm.zoho_sync') then
+      perform private.enqueue_job('crm.zoho_sync', jsonb_build_object('customer_id', customer), l.tenant_id, now(),
+        'crm.zoho_sync:lead:' || l.id);
+    end if;
+    update public.leads x set assigned_to = rep where x.id = l.id and x.assigned_to is distinct from rep;
+    result := jsonb_build_object('status', 'CRM_SYNCED', 'customer_id', customer, 'card_id', card,
+                                 'card_created', card_created, 'rep', rep);
+  end if;
+  if l.locked_until is null then
+    perform private.advance_lead(l.id, result ->> 'status', 'crm_sync', 'sync', 'ok', null, result);
+  end if;
+  return result;
+end;
+$$;
+revoke execute on function private.sync_lead_to_crm(uuid) from public, anon, authenticated;
+grant execute on function private.sync_lead_to_crm(uuid) to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Worker helpers: Zoho sync state and rep notices
+-- ---------------------------------------------------------------------------------------------
+
+-- The tenant's Zoho sync: on when crm_settings.zoho_sync or the crm.zoho_sync feature is on; its config
+-- ({"base_url", "access_token"}) is the feature's config.
+create or replace function private.crm_zoho_config(tenant uuid) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'enabled', coalesce((select s.zoho_sync from public.crm_settings s where s.tenant_id = tenant), false)
+               or private.feature_enabled(tenant, 'crm.zoho_sync'),
+    'config', coalesce((select tf.config from public.tenant_features tf where tf.tenant_id = tenant and tf.feature = 'crm.zoho_sync'), '{}'))
+$$;
+
+create or replace function private.crm_external_refs_get(provider text, customer uuid) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(jsonb_object_agg(r.entity || ':' || r.entity_id, jsonb_build_object('external_id', r.external_id, 'hash', r.synced_hash)), '{}')
+  from private.crm_external_refs r
+  where r.provider = crm_external_refs_get.provider
+    and (r.entity_id = customer or r.entity_id in (select c.id from public.cards c where c.customer_id = customer))
+$$;
+
+create or replace function private.crm_external_ref_set(tenant uuid, provider text, entity text, entity_id uuid,
+                                                        external_id text, synced_hash text) returns void
+language sql
+set search_path = ''
+as $$
+  insert into private.crm_external_refs (tenant_id, provider, entity, entity_id, external_id, synced_hash)
+  values (tenant, provider, entity, entity_id, external_id, synced_hash)
+  on conflict (provider, entity, entity_id) do update
+    set external_id = excluded.external_id, synced_hash = excluded.synced_hash, synced_at = now()
+$$;
+
+-- What a rep notice needs: the rep's address and phone, the customer, and the tenant's channel config.
+create or replace function private.crm_rep_notice(tenant uuid, rep uuid, customer uuid) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object(
+    'email', p.email, 'phone', p.phone, 'rep_name', p.full_name,
+    'customer', (select jsonb_build_object('id', c.id, 'full_name', c.full_name, 'phone', c.phone, 'source', c.source)
+                 from public.customers c where c.id = customer and c.tenant_id = tenant),
+    'smtp', s.settings -> 'smtp', 'whatsapp', s.settings -> 'whatsapp')
+  from public.profiles p, public.crm_settings s
+  where p.id = rep and s.tenant_id = tenant
+$$;
+revoke execute on function private.crm_zoho_config(uuid), private.crm_external_refs_get(text, uuid),
+  private.crm_external_ref_set(uuid, text, text, uuid, text, text), private.crm_rep_notice(uuid, uuid, uuid)
+  from public, authenticated;
+grant execute on function private.crm_zoho_config(uuid), private.crm_external_refs_get(text, uuid),
+  private.crm_external_ref_set(uuid, text, text, uuid, text, text), private.crm_rep_notice(uuid, uuid, uuid) to service_role;

@@ -1286,3 +1286,15 @@ grant all on all tables in schema public to service_role;
 -- Service-only helpers (private functions default to authenticated + service_role).
 revoke execute on function private.crm_setup_tenant(uuid), private.crm_timeline(uuid, uuid, text, jsonb, uuid, uuid),
   private.crm_inventory_apply(uuid, text, public.cards) from public, authenticated;
+
+-- ===========================================================================================
+-- LUNA Module 4.1: qualified leads go to the CRM (route and transitions, as data)
+-- ===========================================================================================
+insert into private.lead_routes (status, module, working_status, failure_status, max_attempts)
+values ('QUALIFIED', 'crm_sync', null, 'CRM_ERROR', 3)
+on conflict (status) do nothing;
+insert into private.lead_transitions (from_status, to_status) values
+  ('QUALIFIED', 'CRM_SYNCED'), ('QUALIFIED', 'NURTURING'), ('QUALIFIED', 'CRM_ERROR'), ('CRM_ERROR', 'QUALIFIED'),
+  ('CRM_ERROR', 'CRM_SYNCED'), ('CRM_ERROR', 'NURTURING')
+on conflict do nothing;
+create index customers_lead_idx on public.customers (lead_id) where lead_id is not null;

@@ -1,0 +1,145 @@
+"""The CRM's worker side: LUNA Module 4.1 (qualified leads into the CRM), due reminders, the Zoho
+outbound sync against a fake, and rep notices."""
+
+import asyncio
+import time
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from worker.registry import Context
+from worker.runner import Worker, open_pool
+
+from .conftest import DEMO, as_user
+from .fakes import serve
+from .fakes.zoho import create_app as zoho_app
+
+AGENT = "00000000-0000-4000-8001-000000000014"
+AGENT2 = "00000000-0000-4000-8001-000000000016"
+AHMET = "00000000-0000-4000-8005-000000000101"
+CARD_AHMET = "00000000-0000-4000-8005-000000000501"
+
+
+def add_lead(conn, key, category="HOT", phone=None, email=None, name="Test Kişi", city=None, status="QUALIFIED"):
+    return conn.execute("""
+        insert into public.leads (tenant_id, unique_lead_id, contact_name, company_name, phone, email, city, source,
+                                  utm_campaign, processing_status, lead_category, luna_ai_score, luna_ai_decision)
+        values (%s, %s, %s, 'Acme Ltd', %s, %s, %s, 'meta_form', 'kasim', %s, %s, 85, 'OK') returning id""",
+                        (DEMO, key, name, phone, email, city, status, category)).fetchone()["id"]
+
+
+async def run_until(db_url, until, queues, timeout=30):
+    w = Worker(db_url, worker_id="crm-test", poll_seconds=0.1, queues=queues)
+    task = asyncio.create_task(w.run())
+    deadline = time.monotonic() + timeout
+    try:
+        while not await until():
+            assert time.monotonic() < deadline, "timed out waiting for the worker"
+            await asyncio.sleep(0.05)
+    finally:
+        w.stop()
+        await task
+
+
+async def fetch(db_url, sql, *args):
+    async with await psycopg.AsyncConnection.connect(db_url) as c:
+        return await (await c.execute(sql, args)).fetchone()
+
+
+async def test_qualified_leads_reach_the_crm(db_url, conn):
+    hot_known = add_lead(conn, "p:+905321112233", phone="0532 111 22 33", name="Ahmet Y.")
+    hot_new = add_lead(conn, "e:yeni@acme.com", email="yeni@acme.com", phone="+905469990011", name="Yeni Müşteri")
+    warm = add_lead(conn, "e:warm@acme.com", category="WARM", email="warm@acme.com")
+    assert conn.execute("select next_orchestrator_module as m from leads where id = %s", (hot_new,)).fetchone()["m"] == "crm_sync"
+    mine = [str(hot_known), str(hot_new), str(warm)]
+
+    async def settled():
+        row = await fetch(db_url, "select count(*) from leads where id::text = any(%s) and processing_status in ('CRM_SYNCED', 'NURTURING', 'CRM_ERROR')", mine)
+        return row[0] == 3
+
+    await run_until(db_url, settled, ["leads"])
+    rows = {str(r["id"]): r for r in conn.execute("select id, processing_status, assigned_to, last_error from leads where id::text = any(%s)", (mine,))}
+    assert rows[str(hot_known)]["processing_status"] == "CRM_SYNCED", rows[str(hot_known)]["last_error"]
+    assert rows[str(hot_new)]["processing_status"] == "CRM_SYNCED"
+    assert rows[str(warm)]["processing_status"] == "NURTURING"
+    # the known phone matched Ahmet; his rep (responsible) got it; his open card was reused
+    assert str(rows[str(hot_known)]["assigned_to"]) == AGENT
+    assert conn.execute("select count(*) as n from cards where customer_id = %s", (AHMET,)).fetchone()["n"] == 1
+    assert conn.execute("select lead_id from customers where id = %s", (AHMET,)).fetchone()["lead_id"] is not None
+    # the new one: a customer with attribution, a card in Potansiyel, a round-robin rep, notified in-app
+    c = conn.execute("select * from customers where email = 'yeni@acme.com'").fetchone()
+    assert c["phone"] == "+905469990011" and c["source"] == "meta_form" and c["campaign"] == "kasim" and c["quality_score"] == 85
+    rep = rows[str(hot_new)]["assigned_to"]
+    assert str(rep) in (AGENT, AGENT2) and [str(x) for x in c["responsibles"]] == [str(rep)]
+    card = conn.execute("""select s.name from cards cd join pipeline_stages s on s.id = cd.stage_id where cd.customer_id = %s""", (c["id"],)).fetchone()
+    assert card["name"] == "Potansiyel"
+    assert conn.execute("select 1 from notifications where user_id = %s and kind = 'lead_assigned' and customer_id = %s", (rep, c["id"])).fetchone()
+    assert conn.execute("select 1 from timeline_events where customer_id = %s and event_type = 'lead_synced'", (c["id"],)).fetchone()
+    log = conn.execute("select module, to_status from processing_logs where lead_id = %s order by created_at desc limit 1", (hot_new,)).fetchone()
+    assert log == {"module": "crm_sync", "to_status": "CRM_SYNCED"}
+
+
+async def test_sync_failure_is_crm_error_with_the_reason(db_url, conn):
+    conn.execute("update tenant_members set attributes = '{\"sales_rep\": \"false\"}' where tenant_id = %s and role = 'agent'", (DEMO,))
+    lead = add_lead(conn, "e:nobody@acme.com", email="nobody@acme.com")
+
+    async def settled():
+        row = await fetch(db_url, "select processing_status from leads where id = %s", lead)
+        return row[0] == "CRM_ERROR"
+
+    await run_until(db_url, settled, ["leads"])
+    row = conn.execute("select last_error from leads where id = %s", (lead,)).fetchone()
+    assert "no active sales rep" in row["last_error"]
+    # a person fixes the cause and retries from SQL: not leased, so the function applies the status
+    conn.execute("update tenant_members set attributes = '{}' where tenant_id = %s", (DEMO,))
+    conn.execute("set role service_role")
+    result = conn.execute("select private.sync_lead_to_crm(%s) as r", (lead,)).fetchone()["r"]
+    conn.execute("reset role")
+    assert result["status"] == "CRM_SYNCED"
+    assert conn.execute("select processing_status from leads where id = %s", (lead,)).fetchone()["processing_status"] == "CRM_SYNCED"
+
+
+async def test_due_reminders_and_rep_notices(db_url, conn):
+    from worker.crm import fire_due_reminders, notify_rep
+
+    conn.execute("update reminders set due_at = now() - interval '1 minute' where tenant_id = %s", (DEMO,))
+    pool = await open_pool(db_url)
+    try:
+        ctx = Context(pool, None, None, "t")
+        assert await fire_due_reminders(ctx) == 1
+        assert await fire_due_reminders(ctx) == 0
+        # not configured: the notice is skipped, not failed
+        result = await notify_rep(ctx, {"tenant_id": DEMO, "payload": {"channel": "email", "rep": AGENT, "customer_id": AHMET}})
+        assert result == {"skipped": "smtp not configured"}
+    finally:
+        await pool.close()
+    assert conn.execute("select count(*) as n from notifications where kind = 'reminder_due'").fetchone()["n"] == 1
+
+
+async def test_stage_moves_sync_to_zoho_idempotently(db_url, conn):
+    app = zoho_app()
+    with serve(app) as base:
+        conn.execute("update crm_settings set zoho_sync = true where tenant_id = %s", (DEMO,))
+        conn.execute("""insert into tenant_features (tenant_id, feature, enabled, config) values (%s, 'crm.zoho_sync', true, %s)""",
+                     (DEMO, Jsonb({"base_url": base + "/crm/v2", "access_token": "zoho-token"})))
+        gorusme = conn.execute("select id from pipeline_stages where tenant_id = %s and name = 'Görüşülüyor'", (DEMO,)).fetchone()["id"]
+        randevu = conn.execute("select id from pipeline_stages where tenant_id = %s and name = 'Randevu'", (DEMO,)).fetchone()["id"]
+        with as_user(conn, "agent@demo.luna.local") as cur:
+            cur.execute("select public.move_card(%s, %s)", (CARD_AHMET, gorusme))
+
+        async def done():
+            row = await fetch(db_url, "select count(*) filter (where status = 'succeeded'), count(*) from private.jobs where kind = 'crm.card_moved'")
+            return row[0] == row[1]
+
+        await run_until(db_url, done, ["jobs"])
+        contacts, deals = app.state.records["Contacts"], app.state.records["Deals"]
+        assert len(contacts) == 1 and list(contacts.values())[0]["Phone"] == "+905321112233"
+        assert len(deals) == 1 and list(deals.values())[0]["Stage"] == "Görüşülüyor"
+        calls = len(app.state.calls)
+        with as_user(conn, "agent@demo.luna.local") as cur:
+            cur.execute("select public.move_card(%s, %s)", (CARD_AHMET, randevu))
+        await run_until(db_url, done, ["jobs"])
+        # the contact is unchanged (not re-sent); the deal is updated in place
+        assert len(app.state.calls) == calls + 1 and app.state.calls[-1][0] == "Deals"
+        assert len(app.state.records["Deals"]) == 1 and list(app.state.records["Deals"].values())[0]["Stage"] == "Randevu"
+        assert conn.execute("select count(*) as n from private.crm_external_refs").fetchone()["n"] == 2
