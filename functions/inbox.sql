@@ -928,20 +928,20 @@ begin
   loop
     rate := nullif(r.acc_settings ->> 'rate_per_s', '')::numeric;
     kind_rate := nullif(r.tenant_settings #>> array['inbox', 'rate_per_s', r.kind], '')::numeric;
-    slot := now();
+    slot := clock_timestamp();
     if rate is not null and rate > 0 then
       insert into private.send_slots (key) values ('channel:' || r.channel_account_id) on conflict do nothing;
-      select greatest(s.next_slot, now()) into slot from private.send_slots s
+      select greatest(s.next_slot, clock_timestamp()) into slot from private.send_slots s
       where s.key = 'channel:' || r.channel_account_id for update;
     end if;
     if kind_rate is not null and kind_rate > 0 then
       insert into private.send_slots (key) values ('kind:' || r.tenant_id || ':' || r.kind) on conflict do nothing;
-      select greatest(s.next_slot, now()) into kind_slot from private.send_slots s
+      select greatest(s.next_slot, clock_timestamp()) into kind_slot from private.send_slots s
       where s.key = 'kind:' || r.tenant_id || ':' || r.kind for update;
       slot := greatest(slot, kind_slot);
     end if;
     -- Do not book slots far ahead: leave the rest for the next claim (or another worker).
-    if slot > now() + horizon then
+    if slot > clock_timestamp() + horizon then
       continue;
     end if;
     if rate is not null and rate > 0 then
