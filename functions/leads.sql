@@ -438,8 +438,11 @@ begin
   truncate pg_temp.lead_done;
 
   with r as (
-    select u.id, coalesce(u.res, '{}'::jsonb) as res, coalesce(u.res -> 'set', '{}'::jsonb) as s
+    -- the lease as it was (module, status claimed in, lease start), read before the update
+    select u.id, coalesce(u.res, '{}'::jsonb) as res, coalesce(u.res -> 'set', '{}'::jsonb) as s,
+           l0.next_orchestrator_module as module, l0.claimed_status, l0.locked_at
     from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as u(id, res)
+    join public.leads l0 on l0.id = u.id and l0.locked_by = worker and l0.locked_until is not null
   ), upd as (
     update public.leads l set
       processing_status = coalesce(r.res ->> 'status', l.claimed_status),
@@ -469,22 +472,18 @@ begin
       resume_status = null, last_error = null, attempts = 0,
       locked_by = null, locked_until = null, locked_at = null, claimed_status = null, next_attempt_at = now()
     from r
-    where l.id = r.id and l.locked_by = worker and l.locked_until is not null
-    returning l.id, l.tenant_id, r.res, l.processing_status
+    where l.id = r.id
+    returning l.id, l.tenant_id, l.processing_status, r.res, r.module, r.claimed_status, r.locked_at
   )
-  -- the old row's claimed module / status / lease start are read from a snapshot below
-  insert into pg_temp.lead_done (id, tenant_id, to_status, action, result, detail)
-  select upd.id, upd.tenant_id, upd.processing_status, coalesce(upd.res ->> 'action', 'step'),
-         coalesce(upd.res ->> 'result', 'ok'), coalesce(upd.res -> 'detail', '{}')
+  insert into pg_temp.lead_done (id, tenant_id, module, from_status, to_status, action, result, duration_ms, detail)
+  select upd.id, upd.tenant_id, coalesce(upd.module, 'worker'), upd.claimed_status, upd.processing_status,
+         coalesce(upd.res ->> 'action', upd.module, 'step'), coalesce(upd.res ->> 'result', 'ok'),
+         (extract(epoch from clock_timestamp() - upd.locked_at) * 1000)::int, coalesce(upd.res -> 'detail', '{}')
   from upd;
   get diagnostics n = row_count;
   if n = 0 then
     return 0;
   end if;
-  -- module, from-status and duration come with the result (the handler knows them; see worker/leads).
-  update pg_temp.lead_done d set module = coalesce(r.res ->> 'module', 'worker'),
-         from_status = r.res ->> 'from_status', duration_ms = (r.res ->> 'duration_ms')::int
-  from unnest(ids, results) as r(id, res) where r.id = d.id;
 
   insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, duration_ms, detail)
   select d.tenant_id, d.id, d.module, d.action, d.result, d.from_status, d.to_status, d.duration_ms, d.detail
