@@ -133,8 +133,9 @@ async def send_email(ctx, row: dict):
     await wait_for_slot(row)
     message_id = await asyncio.to_thread(
         smtp_mail.send, s.get("smtp_host", "127.0.0.1"), int(s.get("smtp_port", 587)), ch["external_id"], row["request"],
-        username=creds.get("smtp_username") or creds.get("username"),
-        password=creds.get("smtp_password") or creds.get("password"), sender_name=s.get("sender_name"),
+        username=(creds.get("smtp_username") or creds.get("username")) if s.get("smtp_auth", True) else None,
+        password=(creds.get("smtp_password") or creds.get("password")) if s.get("smtp_auth", True) else None,
+        sender_name=s.get("sender_name"),
         use_ssl=bool(s.get("smtp_ssl")), starttls=bool(s.get("smtp_starttls")))
     return {"provider_message_id": message_id}
 
