@@ -215,7 +215,7 @@ language sql immutable
 set search_path = ''
 as $$
   select 'select c.id from public.customers c where c.tenant_id = $1 and ((c.phone is not null and c.phone = $2) '
-         'or (c.email is not null and lower(c.email::text) = $3)) limit 1'
+         'or (c.email is not null and lower(c.email::text) = $3)) order by (c.phone = $2) desc nulls last limit 1'
 $$;
 
 -- Upsert a contact by (channel, handle).
@@ -324,6 +324,9 @@ begin
   if new_conv and direction = 'inbound' then
     perform private.route_conversation(conv.id);
   end if;
+  if direction = 'inbound' then
+    perform private.inbox_customer_unread(contact, 1);
+  end if;
   return msg_id;
 end;
 $$;
@@ -350,6 +353,66 @@ as $$
   )
   select exists (select 1 from updated)
 $$;
+
+-- The CRM keeps customers.unread_messages "kept by the inbox": inbound messages raise it, reading
+-- the conversation clears it.
+create or replace function private.inbox_customer_unread(contact uuid, delta int) returns void
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  cust uuid;
+begin
+  if to_regclass('public.customers') is null then
+    return;
+  end if;
+  select ct.customer_id into cust from public.contacts ct where ct.id = contact;
+  if cust is null then
+    return;
+  end if;
+  if delta is null then
+    execute 'update public.customers set unread_messages = 0 where id = $1 and unread_messages <> 0' using cust;
+  else
+    execute 'update public.customers set unread_messages = greatest(unread_messages + $2, 0) where id = $1' using cust, delta;
+  end if;
+end;
+$$;
+
+-- For the CRM's customer viewer: a customer's messages by channel (contacts linked to the customer,
+-- or to the lead it came from). {"whatsapp": [{id, direction, type, body, at, status}], ...}
+create or replace function private.inbox_customer_messages(customer uuid, per_channel int default 50) returns jsonb
+language plpgsql stable
+security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  cust_lead uuid;
+  result jsonb;
+begin
+  if to_regclass('public.customers') is not null then
+    execute 'select lead_id from public.customers where id = $1' into cust_lead using customer;
+  end if;
+  select coalesce(jsonb_object_agg(channel, msgs), '{}'::jsonb) into result
+  from (
+    select ct.channel, jsonb_agg(jsonb_build_object('id', m.id, 'conversation_id', m.conversation_id,
+             'direction', m.direction, 'type', m.type, 'body', m.body, 'at', m.created_at, 'status', m.status)
+             order by m.created_at desc) as msgs
+    from public.contacts ct
+    join public.conversations v on v.tenant_id = ct.tenant_id and v.contact_id = ct.id
+    join lateral (select * from public.messages m where m.tenant_id = v.tenant_id and m.conversation_id = v.id
+                    and m.direction <> 'internal'
+                  order by m.created_at desc limit per_channel) m on true
+    where (ct.customer_id = customer or (cust_lead is not null and ct.lead_id = cust_lead))
+      and ct.tenant_id = coalesce((select private.tenant_id()), ct.tenant_id)
+      -- a caller limited to assigned conversations sees only those
+      and (auth.uid() is null or (select private.sees_all()) or v.assignee_id = (select auth.uid()))
+    group by ct.channel) x;
+  return result;
+end;
+$$;
+grant execute on function private.inbox_customer_messages(uuid, int) to authenticated, service_role;
 
 -- ---- WhatsApp Cloud API: object = whatsapp_business_account ---------------------------------
 create or replace function private.process_whatsapp_event(ev private.inbound_events) returns jsonb
@@ -724,13 +787,33 @@ grant execute on function private.inbox_timeline(uuid, uuid, text, jsonb) to aut
 
 -- Mark a conversation read by the caller (unread counts are inbound messages after this).
 create or replace function public.mark_conversation_read(conversation uuid) returns void
-language sql
+language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_column
+declare
+  c public.conversations;
+begin
+  select * into c from public.conversations c0 where c0.id = conversation;  -- RLS: only one you may see
+  if c.id is null then
+    raise exception 'conversation not found' using errcode = 'P0002';
+  end if;
   insert into public.conversation_reads (tenant_id, conversation_id, user_id)
-  select c.tenant_id, c.id, (select auth.uid()) from public.conversations c where c.id = conversation
-  on conflict (conversation_id, user_id) do update set last_read_at = now()
+  values (c.tenant_id, c.id, (select auth.uid()))
+  on conflict (conversation_id, user_id) do update set last_read_at = now();
+  perform private.inbox_clear_unread(c.id);
+  perform private.broadcast('user:' || (select auth.uid()), 'unread', jsonb_build_object('conversation_id', c.id, 'unread', 0));
+end;
 $$;
+
+create or replace function private.inbox_clear_unread(conv uuid) returns void
+language sql
+security definer
+set search_path = ''
+as $$
+  select private.inbox_customer_unread(c.contact_id, null) from public.conversations c where c.id = conv
+$$;
+grant execute on function private.inbox_clear_unread(uuid) to authenticated, service_role;
 revoke execute on function public.mark_conversation_read(uuid) from public, anon;
 grant execute on function public.mark_conversation_read(uuid) to authenticated;
 
@@ -1275,7 +1358,7 @@ grant execute on function
   private.upsert_templates(uuid, jsonb), private.upsert_ad_insights(uuid, text, jsonb),
   private.route_conversation(uuid), private.apply_message_status(uuid, text, text, timestamptz, text, text),
   private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb, text, text, text, text, text, text),
-  private.inbox_link_contact(uuid), private.inbox_customer_lookup_sql(),
+  private.inbox_link_contact(uuid), private.inbox_customer_lookup_sql(), private.inbox_customer_unread(uuid, int),
   private.upsert_contact(uuid, text, text, text, text, text, jsonb),
   private.process_whatsapp_event(private.inbound_events), private.process_meta_messaging_event(private.inbound_events),
   private.process_normalized_event(private.inbound_events),
