@@ -193,15 +193,17 @@ grant execute on function public.merge_customers(uuid, uuid) to authenticated, s
 -- The board
 -- ---------------------------------------------------------------------------------------------
 
+drop function if exists public.crm_board(uuid, jsonb, int);
 /*
  * The kanban for one pipeline: its stages in order, each with its card count and cards (customer
- * name/phone, responsibles, source, campaign, quality, tags, last contact and overdue flag, next
- * reminder, next appointment, unread messages). Filters (all optional):
+ * name/phone, value, responsibles, source, quality, tags, last contact and overdue flag, next reminder,
+ * next appointment, unread messages, time in stage). Card details (deposit, item, campaign) come from
+ * the cards table or customer_viewer. Returns json (not jsonb: built 2x faster). Filters (all optional):
  *   {"responsible": uuid, "source": text, "campaign": text, "quality_min": int, "tag": text, "status": "open"}
  * Security definer for speed, with RLS's rule applied explicitly (tenant, crm read, assignee restriction).
  */
 create or replace function public.crm_board(pipeline uuid, filters jsonb default '{}', per_stage int default 500)
-returns jsonb
+returns json
 language plpgsql stable
 security definer
 set search_path = ''
@@ -219,7 +221,7 @@ declare
   f_tag text := lower(nullif(f ->> 'tag', ''));
   f_status text := nullif(f ->> 'status', '');
   p public.pipelines;
-  result jsonb;
+  result json;
 begin
   if not private.can('crm', 'read') then
     raise exception 'no permission to read the CRM' using errcode = '42501';
@@ -255,27 +257,25 @@ begin
     from cards c where c.rn <= per_stage
   ), per_stage_cards as (
     select s.stage_id,
-           jsonb_agg(jsonb_build_object(
+           json_agg(json_build_object(
              'id', s.id, 'customer_id', s.customer_id, 'customer_name', s.full_name, 'phone', s.phone,
-             'title', s.title, 'status', s.status, 'value', s.value, 'deposit_amount', s.deposit_amount,
-             'position', s.position, 'responsibles', s.responsibles, 'source', s.source, 'campaign', s.campaign,
+             'value', s.value, 'position', s.position, 'responsibles', s.responsibles, 'source', s.source,
              'quality_score', s.quality_score, 'tags', s.tags, 'last_contact_at', s.last_contact_at,
              'overdue', s.status = 'open' and coalesce(s.last_contact_at, s.created_at) < now() - overdue_after,
              'next_reminder_at', s.next_reminder_at,
              'next_appointment_at', coalesce(s.next_appointment_at, case when s.appointment_at >= now() then s.appointment_at end),
-             'unread_count', s.unread_messages, 'stage_entered_at', s.stage_entered_at,
-             'inventory_item_id', s.inventory_item_id) order by s.rn) as cards
+             'unread_count', s.unread_messages, 'stage_entered_at', s.stage_entered_at) order by s.rn) as cards
     from shown s group by s.stage_id
   ), counts as (
     select c.stage_id, count(*) as n, sum(c.value) as total from cards c group by c.stage_id
   )
-  select jsonb_build_object(
-    'pipeline', jsonb_build_object('id', p.id, 'name', p.name, 'is_default', p.is_default),
+  select json_build_object(
+    'pipeline', json_build_object('id', p.id, 'name', p.name, 'is_default', p.is_default),
     'filters', f,
-    'stages', coalesce(jsonb_agg(jsonb_build_object(
+    'stages', coalesce(json_agg(json_build_object(
       'id', st.id, 'name', st.name, 'position', st.position, 'kind', st.kind, 'color', st.color,
       'required_fields', st.required_fields, 'count', coalesce(cn.n, 0), 'total_value', coalesce(cn.total, 0),
-      'cards', coalesce(pc.cards, '[]'::jsonb)) order by st.position), '[]'::jsonb))
+      'cards', coalesce(pc.cards, '[]'::json)) order by st.position), '[]'::json))
   into result
   from public.pipeline_stages st
   left join counts cn on cn.stage_id = st.id
