@@ -225,8 +225,10 @@ drop policy tenant_select on public.messages;
 create policy tenant_select on public.messages for select to authenticated
   using (tenant_id = (select private.tenant_id()) and (select private.can('inbox', 'read'))
          and exists (select 1 from public.conversations c where c.tenant_id = messages.tenant_id and c.id = messages.conversation_id));
--- Writes go through RPCs (send_message, add_note), never straight to the table.
-revoke insert, update, delete on public.messages from authenticated;
+-- Writes go through RPCs (send_message, add_note), never straight to the table: no write policies.
+drop policy tenant_insert on public.messages;
+drop policy tenant_update on public.messages;
+drop policy tenant_delete on public.messages;
 
 -- The conversation's timeline: assignment, transfer, status changes.
 create table public.conversation_events (
@@ -250,7 +252,9 @@ create policy tenant_select on public.conversation_events for select to authenti
   using (tenant_id = (select private.tenant_id()) and (select private.can('inbox', 'read'))
          and exists (select 1 from public.conversations c where c.tenant_id = conversation_events.tenant_id
                      and c.id = conversation_events.conversation_id));
-revoke insert, update, delete on public.conversation_events from authenticated;
+drop policy tenant_insert on public.conversation_events;
+drop policy tenant_update on public.conversation_events;
+drop policy tenant_delete on public.conversation_events;
 
 -- Per user: the last time they read a conversation (unread counts = inbound messages after it).
 create table public.conversation_reads (
@@ -331,7 +335,10 @@ create index outbound_lease_idx on public.outbound_messages (locked_until) where
 create trigger set_updated_at before update on public.outbound_messages
   for each row execute function private.set_updated_at();
 select private.enable_rls('outbound_messages', 'inbox');
-revoke insert, update, delete on public.outbound_messages from authenticated;
+-- Queued only by send_message; written only by the worker (service_role).
+drop policy tenant_insert on public.outbound_messages;
+drop policy tenant_update on public.outbound_messages;
+drop policy tenant_delete on public.outbound_messages;
 
 -- Rate-limit buckets shared by every worker: the next free send slot per key
 -- ('channel:<id>' per number, 'kind:<tenant>:<kind>' per channel kind).
@@ -430,7 +437,7 @@ select private.enable_rls('conversion_events', 'marketing');
 grant select, insert, update, delete on public.channel_accounts, public.contacts, public.agent_availability,
   public.routing_rules, public.conversations, public.conversation_reads, public.message_templates,
   public.ad_accounts, public.ad_objects, public.ad_insights_daily, public.conversion_events to authenticated;
-grant select on public.messages, public.conversation_events, public.outbound_messages to authenticated;
+grant select, insert, update, delete on public.messages, public.conversation_events, public.outbound_messages to authenticated;
 grant all on public.channel_accounts, public.contacts, public.agent_availability, public.routing_rules,
   public.conversations, public.messages, public.conversation_events, public.conversation_reads,
   public.message_templates, public.outbound_messages, public.ad_accounts, public.ad_objects,
