@@ -420,6 +420,7 @@ create table public.conversion_events (
   user_data jsonb not null default '{}'::jsonb, -- already hashed (SHA-256) identifiers
   custom_data jsonb not null default '{}'::jsonb,
   contact_id uuid,
+  channel_account_id uuid,                    -- whose credentials (Conversions API token) to use
   status text not null default 'queued' check (status in ('queued', 'sent', 'failed')),
   attempts int not null default 0,
   last_error text,

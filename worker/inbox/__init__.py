@@ -252,7 +252,9 @@ async def send_conversion_event(ctx, job_row: dict):
         ev = await (await conn.execute("select * from public.conversion_events where id = %s", (event_id,))).fetchone()
     if ev is None or ev["status"] == "sent":
         return {"skipped": True}
-    channel_id = job_row["payload"]["channel_account_id"]
+    channel_id = ev["channel_account_id"] or job_row["payload"].get("channel_account_id")
+    if channel_id is None:
+        raise Permanent("code=no_channel: the conversion has no channel whose token could send it")
     ch = await channel(ctx, channel_id)
     token = ch["credentials"].get("capi_token") or ch["credentials"].get("access_token")
     body = {"event_name": ev["event_name"], "event_time": int(ev["event_time"].timestamp()), "event_id": ev["event_id"],
