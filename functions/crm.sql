@@ -802,7 +802,7 @@ begin
         raise exception 'full_name is empty' using errcode = 'PT422', detail = 'code=name_required';
       end if;
       tags := case jsonb_typeof(r -> 'tags') when 'array' then array(select jsonb_array_elements_text(r -> 'tags'))
-                   when 'string' then string_to_array(r ->> 'tags', ';') else '{}' end;
+                   when 'string' then regexp_split_to_array(r ->> 'tags', '\s*[;,|]\s*') else '{}' end;
       select c.id into existing from public.customers c
       where c.tenant_id = tenant and ((p is not null and c.phone = p) or (e is not null and c.email = e)) limit 1;
       if existing is not null then
