@@ -366,3 +366,31 @@ def test_webchat_endpoint(client, conn, db_url):
     drain(db_url)
     row = conn.execute("select c.attribution, c.email from public.contacts c where c.handle = 'visitor-123456'").fetchone()
     assert row["attribution"]["utm_campaign"] == "kis" and row["email"] == "ziyaretci@example.com"
+
+
+# ------------------------------------------------------------------------------------------ realtime
+def test_realtime_topics_and_guard(client, conn, db_url, meta_app):
+    post(client, wa_event([text_message("wamid.RT1", sender="905550001111")]))
+    drain(db_url)
+    conv = conn.execute("select v.id, v.assignee_id, v.channel_account_id from public.conversations v "
+                        "join public.contacts c on c.id = v.contact_id where c.handle = '905550001111'").fetchone()
+    topic = f"tenant:{DEMO}:inbox:{conv['id']}"
+    events = {r["event"] for r in conn.execute("select event from realtime.messages where topic = %s", (topic,)).fetchall()}
+    assert "message_created" in events
+    inbox_topic = f"tenant:{DEMO}:inbox:{conv['channel_account_id']}"
+    assert conn.execute("select count(*) as n from realtime.messages where topic = %s", (inbox_topic,)).fetchone()["n"] >= 1
+    assignee = conn.execute("select email from auth.users where id = %s", (conv["assignee_id"],)).fetchone()["email"]
+    other = "agent2@demo.luna.local" if assignee == "agent@demo.luna.local" else "agent@demo.luna.local"
+    assert conn.execute("select count(*) as n from realtime.messages where topic = %s and event = 'conversation_assigned'",
+                        (f"user:{conv['assignee_id']}",)).fetchone()["n"] >= 1
+    conn.execute("update public.tenant_policies set agents_see_assigned_only = true where tenant_id = %s", (DEMO,))
+
+    def may_join(user, t):
+        with as_user(conn, user, rollback=True) as cur:
+            return cur.execute("select private.can_join_topic(%s) as ok", (t,)).fetchone()["ok"]
+
+    assert may_join(assignee, topic) is True
+    assert may_join(other, topic) is False
+    assert may_join(other, inbox_topic) is False          # the whole inbox: only those who see all
+    assert may_join("supervisor@demo.luna.local", inbox_topic) is True
+    assert may_join("supervisor@demo-2.luna.local", topic) is False
