@@ -16,6 +16,6 @@ LEADS = queue(Queue(
     dispatch_column="next_orchestrator_module", id_type="uuid",
 ))
 
-from . import handlers  # noqa: E402,F401  (registers the module handlers)
+from . import handlers, jobs  # noqa: E402,F401  (registers the module handlers, jobs and schedules)
 
 __all__ = ["LEADS"]

@@ -59,7 +59,7 @@ def adapter(ctx, cls, name: str, conf: dict, env_key: str):
 async def normalize(ctx, row: dict) -> dict:
     lead, config = row["lead"], row["config"] or {}
     region = config.get("region") or "TR"
-    raw = _first_raw(row)
+    raw: dict = {}  # claim_leads leaves the raw payload out; the SQL columns carry the cleaned values
     values: dict = {}
     email = normalize_email(lead.get("email") or raw.get("email")) if (lead.get("email") or raw.get("email")) else None
     phone = normalize_phone(lead.get("phone") or raw.get("phone"), region) if (lead.get("phone") or raw.get("phone")) else None
@@ -77,11 +77,6 @@ async def normalize(ctx, row: dict) -> dict:
     values["validation"] = validation
     return {"status": "NORMALIZED", "action": "normalize", "set": values,
             "detail": {"changed": sorted(k for k in values if k != "validation")}}
-
-
-def _first_raw(row: dict) -> dict:
-    # claim_leads leaves the raw payload out (size); the SQL columns carry the cleaned values.
-    return {}
 
 
 # --------------------------------------------------------------------------------------------- enrich

@@ -1,0 +1,211 @@
+"""Lead ingestion endpoints.
+
+    POST /v1/leads                    a landing-page form (X-Form-Key) or a signed-in user (JWT)
+    POST /v1/leads/import             a CSV upload, streamed (JWT with leads write, or a service key + ?tenant=)
+    GET  /v1/leads/webhooks/meta      Meta's subscription handshake (hub.verify_token)
+    POST /v1/leads/webhooks/meta      Meta Lead Ads `leadgen` events (X-Hub-Signature-256), stored raw
+                                      first, then fetched from the Graph API by the worker (leads.meta_fetch)
+
+Every source ends in private.ingest_lead / private.ingest_staged (the dedupe rule lives in SQL).
+Meta settings come from the environment: LUNA_META_APP_SECRET and LUNA_META_VERIFY_TOKEN.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+import os
+import tempfile
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, PlainTextResponse
+from psycopg.types.json import Jsonb
+
+from luna.normalize import STANDARD_COLUMNS, normalize_values
+
+from .. import auth
+from ..db import as_service, pool_of, request_headers, transaction
+from ..errors import ApiError
+
+router = APIRouter(tags=["leads"])
+BODY_LIMITS = {"/v1/leads/import": "upload"}
+FORM_FIELDS = set(STANDARD_COLUMNS) | {"external_id"}
+
+
+async def _caller_tenant(request: Request, write: bool = True) -> tuple[str, dict]:
+    """The tenant of a JWT caller allowed to write leads (service_role names it with ?tenant=)."""
+    claims = await auth.claims(request)
+    role = claims.get("role")
+    if role == "service_role":
+        tenant = request.query_params.get("tenant")
+        if not tenant:
+            raise ApiError(400, "tenant_required", "a service key must name the tenant: ?tenant=<id or slug>")
+        async with as_service(request) as conn:
+            row = await (await conn.execute("select private.resolve_tenant(%s) as id", (tenant,))).fetchone()
+        if not row or not row["id"]:
+            raise ApiError(404, "tenant_not_found", f"no tenant {tenant!r}")
+        return str(row["id"]), claims
+    if role != "authenticated":
+        raise ApiError(401, "unauthorized", "sign in, or send the form key (X-Form-Key)")
+    async with transaction(pool_of(request), role, claims, request_headers(request), request.method,
+                           request.url.path) as conn:
+        row = await (await conn.execute(
+            "select private.tenant_id() as tenant, private.can('leads', %s) as ok",
+            ("write" if write else "read",))).fetchone()
+    if not row["tenant"]:
+        raise ApiError(403, "no_tenant", "the token names no active tenant membership")
+    if not row["ok"]:
+        raise ApiError(403, "forbidden", "your role may not add leads")
+    return str(row["tenant"]), claims
+
+
+async def _tenant_region(conn, tenant: str) -> str:
+    row = await (await conn.execute("select default_region from public.tenants where id = %s", (tenant,))).fetchone()
+    return row["default_region"] if row else "TR"
+
+
+@router.post("/v1/leads", status_code=201)
+async def create_lead(request: Request):
+    """One lead from a landing-page form or an app. Returns {lead_id, action: inserted|merged, warnings}."""
+    try:
+        body = await request.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    if not isinstance(body, dict):
+        raise ApiError(400, "invalid_json", "the body must be a JSON object")
+    form_key = request.headers.get("x-form-key")
+    source = "form"
+    if form_key:
+        async with as_service(request) as conn:
+            row = await (await conn.execute(
+                "select tenant_id, kind from public.lead_sources where form_key = %s and enabled",
+                (form_key,))).fetchone()
+        if not row:
+            raise ApiError(401, "invalid_form_key", "the form key is unknown or disabled")
+        tenant = str(row["tenant_id"])
+    else:
+        tenant, _ = await _caller_tenant(request)
+        source = str(body.get("source") or "manual")[:40]
+    async with as_service(request) as conn:
+        region = await _tenant_region(conn, tenant)
+        values, problems = normalize_values({k: v for k, v in body.items() if k in FORM_FIELDS and v is not None}, region)
+        # Cleaned values for the standard columns; the body as sent is kept whole in the raw payload.
+        payload = {**body, **{k: v for k, v in values.items() if v is not None and k in FORM_FIELDS | {"domain_cleaned"}}}
+        for column in ("email", "phone"):
+            if body.get(column) and values.get(column) is None:
+                payload.pop(column, None)
+        payload["_submitted"] = body
+        row = await (await conn.execute("select * from private.ingest_lead(%s, %s, %s)",
+                                        (tenant, source, Jsonb(payload)))).fetchone()
+    warnings = [p for p in problems if p != "no company name"]
+    return JSONResponse({"lead_id": str(row["lead_id"]), "action": row["action"], "warnings": warnings},
+                        status_code=201 if row["action"] == "inserted" else 200)
+
+
+@router.post("/v1/leads/import")
+async def import_leads(request: Request):
+    """A CSV file as the raw body (text/csv), streamed to disk, parsed and normalised off the event
+    loop, COPYed into staging and merged in one set-based upsert. Returns rows, inserted, merged,
+    rejected and errors [{line, reason}]."""
+    from worker.leads.ingest import ImportResult, file_chunks, import_csv_async, parse
+
+    tenant, _ = await _caller_tenant(request)
+    source = (request.query_params.get("source") or "csv")[:40]
+    with tempfile.TemporaryFile() as spool:
+        size = 0
+        async for chunk in request.stream():
+            spool.write(chunk)
+            size += len(chunk)
+        if size == 0:
+            raise ApiError(400, "empty_upload", "send the CSV file as the request body")
+        spool.seek(0)
+        async with as_service(request) as conn:
+            region = await _tenant_region(conn, tenant)
+        result = ImportResult()
+
+        def parse_all():
+            def chunks():
+                while chunk := spool.read(1 << 20):
+                    yield chunk
+            return list(parse(chunks(), region, result))
+
+        rows = await asyncio.to_thread(parse_all)
+        async with as_service(request) as conn:
+            await import_csv_async(conn, tenant, rows, result, source=source)
+    return result.as_dict()
+
+
+# ----------------------------------------------------------------------------------- Meta Lead Ads
+def _meta_secret() -> str | None:
+    return os.environ.get("LUNA_META_APP_SECRET")
+
+
+def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
+    if not header or not header.startswith("sha256="):
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(expected, header.removeprefix("sha256="))
+
+
+@router.get("/v1/leads/webhooks/meta", response_class=PlainTextResponse)
+async def meta_verify(request: Request):
+    params = request.query_params
+    expected = os.environ.get("LUNA_META_VERIFY_TOKEN")
+    if params.get("hub.mode") != "subscribe" or not expected or not hmac.compare_digest(
+            params.get("hub.verify_token", ""), expected):
+        raise ApiError(403, "verification_failed", "hub.mode or hub.verify_token does not match")
+    return PlainTextResponse(params.get("hub.challenge", ""))
+
+
+@router.post("/v1/leads/webhooks/meta")
+async def meta_leadgen(request: Request):
+    """Store each leadgen change raw (idempotent by leadgen_id) and queue the Graph fetch."""
+    body = await request.body()
+    secret = _meta_secret()
+    if not secret:
+        raise ApiError(503, "not_configured", "LUNA_META_APP_SECRET is not set; Meta webhooks are refused")
+    if not signature_ok(secret, body, request.headers.get("x-hub-signature-256")):
+        raise ApiError(401, "invalid_signature", "X-Hub-Signature-256 does not match the body",
+                       hint="sign the raw body with HMAC-SHA256 and the app secret")
+    try:
+        event = json.loads(body)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "invalid_json", "the body is not JSON")
+    changes = []
+    for entry in (event.get("entry") or []) if isinstance(event, dict) else []:
+        for change in entry.get("changes") or []:
+            value = change.get("value") or {}
+            if change.get("field") == "leadgen" and value.get("leadgen_id"):
+                changes.append(value)
+    stored = queued = 0
+    async with as_service(request) as conn:
+        for value in changes:
+            page_id = str(value.get("page_id") or entry_page(event))
+            src = await (await conn.execute(
+                "select tenant_id from public.lead_sources where kind = 'meta' and enabled and config ->> 'page_id' = %s "
+                "order by created_at limit 1", (page_id,))).fetchone()
+            tenant = str(src["tenant_id"]) if src else None
+            row = await (await conn.execute("""
+                insert into private.lead_webhooks (provider, external_id, tenant_id, payload, status)
+                values ('meta_leadgen', %s, %s, %s, %s)
+                on conflict (provider, external_id) do nothing returning id""",
+                (str(value["leadgen_id"]), tenant, Jsonb(value), "received" if tenant else "ignored"))).fetchone()
+            if row is None:
+                continue  # a replay: already stored
+            stored += 1
+            if tenant:
+                await conn.execute(
+                    "select private.enqueue_job('leads.meta_fetch', %s, %s, now(), %s)",
+                    (Jsonb({"webhook_id": row["id"], "leadgen_id": str(value["leadgen_id"]), "page_id": page_id,
+                            "form_id": value.get("form_id")}), tenant, f"meta-leadgen:{value['leadgen_id']}"))
+                queued += 1
+    return {"received": len(changes), "stored": stored, "queued": queued}
+
+
+def entry_page(event: dict) -> str:
+    for entry in event.get("entry") or []:
+        if entry.get("id"):
+            return str(entry["id"])
+    return ""

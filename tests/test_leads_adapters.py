@@ -1,0 +1,183 @@
+"""Every lead adapter against its fake (documented shapes), including the failures: timeout, 429
+with Retry-After, 500, malformed JSON, wrong schema. In the pipeline a failing provider makes the
+lead wait (breaker open) or retry and then go to HUMAN_REVIEW_NEEDED: it never vanishes."""
+
+import asyncio
+import json
+import time
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from worker.adapters.apify import ApifyAdapter
+from worker.adapters.apollo import ApolloAdapter
+from worker.adapters.base import AdapterError
+from worker.adapters.clearbit import ClearbitAdapter
+from worker.adapters.google_places import GooglePlacesAdapter
+from worker.adapters.hunter import HunterAdapter
+from worker.adapters.meta_graph import MetaGraphAdapter
+from worker.adapters.slack import SlackAdapter
+from worker.adapters.web_search import WebSearchAdapter
+
+from .conftest import DEMO
+from .fakes import apify, apollo, clearbit, google_places, hunter, meta_graph, serve, slack, web_search
+from .test_leads_pipeline import run_until, settled
+
+
+async def test_adapters_parse_documented_answers():
+    with serve(apollo.make_app()[0]) as base:
+        a = ApolloAdapter("apollo-key", base_url=base)
+        org = await a.enrich_organization("gulusdis.com.tr")
+        assert org["employees"] == 320 and org["industry"] == "hospital & health care"
+        assert await a.enrich_organization("unknown.com") is None
+        people = await a.search_people({"q_keywords": "diş"})
+        assert [p["company_name"] for p in people] == ["Gülüş Diş", "Ak Yapı"]
+        await a.aclose()
+    with serve(hunter.make_app({"yok@firma.com"})[0]) as base:
+        h = HunterAdapter("hunter-key", base_url=base)
+        assert (await h.verify("ali@firma.com"))["result"] == "deliverable"
+        assert (await h.verify("yok@firma.com"))["result"] == "undeliverable"
+        await h.aclose()
+    with serve(clearbit.make_app()[0]) as base:
+        c = ClearbitAdapter("cb", base_url=base)
+        assert (await c.company("gulusdis.com.tr"))["employees"] == 45
+        assert await c.company("nowhere.com") is None  # 404 = unknown company, not an error
+        await c.aclose()
+    with serve(web_search.make_app()[0]) as base:
+        w = WebSearchAdapter("ws", base_url=base)
+        assert (await w.search("Gülüş Diş"))[0]["url"] == "https://example.com.tr"
+        await w.aclose()
+    with serve(meta_graph.make_app()[0]) as base:
+        m = MetaGraphAdapter("page-token", base_url=base)
+        payload = MetaGraphAdapter.to_payload(await m.lead("4444000000001"))
+        assert payload["contact_name"] == "Dr. Ayşe Kılıç" and payload["phone"] == "+905321112233"
+        assert payload["answers"] == {"hangi_tedavi": "implant"} and payload["external_id"] == "4444000000001"
+        await m.aclose()
+    with serve(apify.make_app()[0]) as base:
+        ap = ApifyAdapter("apify-token", base_url=base)
+        assert [i["company_name"] for i in await ap.dataset_items("ds1")] == ["Deniz Otel", "Kuzey Lojistik"]
+        await ap.aclose()
+    with serve(google_places.make_app()[0]) as base:
+        g = GooglePlacesAdapter("places-key", base_url=base)
+        places = await g.search_text("diş kliniği izmir")
+        assert places[0]["company_name"] == "Ege Diş Kliniği" and places[0]["website"] == "https://egedis.com.tr/"
+        await g.aclose()
+    app, modes = slack.make_app()
+    with serve(app) as base:
+        s = SlackAdapter(f"{base}/services/T0/B0/x")
+        await s.post("deneme")
+        assert modes.calls == [{"text": "deneme"}]
+        await s.aclose()
+
+
+@pytest.mark.parametrize("mode,code", [("timeout", "timeout"), ("500", "http_500"), ("malformed", "malformed_json"),
+                                       ("wrong_schema", "wrong_schema")])
+async def test_adapter_failures_are_classified(mode, code):
+    app, modes = apollo.make_app()
+    modes.default = mode
+    modes.delay = 1.0
+    with serve(app) as base:
+        a = ApolloAdapter("apollo-key", base_url=base, timeout=0.3, retries=0)
+        with pytest.raises(AdapterError) as err:
+            await a.enrich_organization("gulusdis.com.tr")
+        assert err.value.code == code and err.value.retryable
+        await a.aclose()
+
+
+async def test_429_retry_after_is_honoured():
+    app, modes = hunter.make_app()
+    modes.queue = ["429"]
+    with serve(app) as base:
+        h = HunterAdapter("hunter-key", base_url=base, retries=2)
+        started = time.monotonic()
+        assert (await h.verify("ali@firma.com"))["result"] == "deliverable"
+        assert time.monotonic() - started >= 1.0, "waited for Retry-After: 1"
+        assert len(modes.calls) == 2
+        await h.aclose()
+
+
+def enable(conn, feature, config, tenant=DEMO):
+    conn.execute("""insert into tenant_features (tenant_id, feature, enabled, config) values (%s, %s, true, %s)
+                    on conflict (tenant_id, feature) do update set enabled = true, config = excluded.config""",
+                 (tenant, feature, Jsonb(config)))
+
+
+def only_demo_lead(conn, company="Gülüş Ağız ve Diş Sağlığı Polikliniği"):
+    """Keep one seeded lead to watch (the others are finished first, so they do not call the fakes)."""
+    lead = conn.execute("select id from leads where company_name = %s", (company,)).fetchone()["id"]
+    conn.execute("delete from leads where id <> %s", (lead,))
+    return lead
+
+
+async def test_enrichment_and_validation_through_the_pipeline(db_url, conn):
+    lead = only_demo_lead(conn)
+    app, modes = apollo.make_app()
+    happ, hmodes = hunter.make_app()
+    with serve(app) as base, serve(happ) as hbase:
+        enable(conn, "leads.enrich.apollo", {"base_url": base, "api_key": "apollo-key", "retries": 0})
+        enable(conn, "leads.validate.hunter", {"base_url": hbase, "api_key": "hunter-key", "retries": 0})
+        await run_until(db_url, settled(db_url))
+    row = conn.execute("select * from leads where id = %s", (lead,)).fetchone()
+    assert row["qualified_at"] is not None and row["lead_category"] == "HOT"
+    assert row["enrichment"]["employees"] == 320 and row["company_size_category"] == "Büyük"
+    assert row["validation"]["hunter"]["result"] == "deliverable"
+    assert "email_verified +10" in row["luna_ai_reason"] and "large_company +10" in row["luna_ai_reason"]
+    assert [c["domain"] for c in modes.calls] == ["gulusdis.com.tr"] and len(hmodes.calls) == 1
+
+
+async def test_undeliverable_email_rejects_lead_without_phone(db_url, conn):
+    lead = only_demo_lead(conn, "Kaya Otel")
+    happ, _ = hunter.make_app({"selimkaya@gmail.com"})
+    with serve(happ) as hbase:
+        enable(conn, "leads.validate.hunter", {"base_url": hbase, "api_key": "hunter-key", "retries": 0})
+        await run_until(db_url, settled(db_url))
+    row = conn.execute("select * from leads where id = %s", (lead,)).fetchone()
+    assert row["processing_status"] == "REJECTED" and row["luna_ai_decision"] == "REJECT"
+    assert "email_undeliverable -25" in row["luna_ai_reason"]
+
+
+@pytest.mark.parametrize("mode", ["500", "malformed", "wrong_schema", "timeout"])
+async def test_failing_provider_retries_then_review(db_url, conn, mode):
+    lead = only_demo_lead(conn)
+    conn.execute("update private.lead_routes set max_attempts = 2 where status = 'NORMALIZED'")
+    conn.execute("select private.breaker_configure('apollo', 100, 30)")
+    app, modes = apollo.make_app()
+    modes.default, modes.delay = mode, 1.0
+    with serve(app) as base:
+        enable(conn, "leads.enrich.apollo", {"base_url": base, "api_key": "apollo-key", "retries": 0, "timeout": 0.3})
+        await run_until(db_url, settled(db_url), timeout=20)
+    row = conn.execute("select * from leads where id = %s", (lead,)).fetchone()
+    assert row["processing_status"] == "HUMAN_REVIEW_NEEDED" and row["next_orchestrator_module"] is None
+    assert row["last_error"] and "apollo" in row["last_error"]
+    logs = conn.execute("select result, error from processing_logs where lead_id = %s and module = 'enrich' order by id",
+                        (lead,)).fetchall()
+    assert [l["result"] for l in logs] == ["retry", "error"] and all(l["error"] for l in logs)
+    assert len(modes.calls) == 2
+
+
+async def test_breaker_opens_leads_wait_then_recover(db_url, conn):
+    lead = only_demo_lead(conn)
+    conn.execute("select private.breaker_configure('apollo', 1, 30)")  # opens at the first failure
+    app, modes = apollo.make_app()
+    modes.default = "500"
+    with serve(app) as base:
+        enable(conn, "leads.enrich.apollo", {"base_url": base, "api_key": "apollo-key", "retries": 0})
+
+        async def breaker_open_and_waiting():
+            async with await psycopg.AsyncConnection.connect(db_url) as c:
+                state = (await (await c.execute("select health_status from module_health where module_name = 'apollo'")).fetchone())
+                waits = (await (await c.execute("select count(*) from processing_logs where result = 'wait'")).fetchone())[0]
+                return state is not None and state[0] in ("OPEN", "HALF_OPEN") and waits > 0
+        await run_until(db_url, breaker_open_and_waiting, timeout=20)
+        row = conn.execute("select * from leads where id = %s", (lead,)).fetchone()
+        assert row["processing_status"] == "NORMALIZED" and row["next_orchestrator_module"] == "enrich", "waiting, not failed"
+        assert conn.execute("select attempts from leads where id = %s", (lead,)).fetchone()["attempts"] <= 1
+        modes.default = "ok"  # the provider recovers; the cooldown ends: the half-open probe closes the breaker
+        conn.execute("select private.breaker_configure('apollo', 1, 1)")
+        time.sleep(1.1)
+        conn.execute("update leads set next_attempt_at = now() where id = %s", (lead,))
+        await run_until(db_url, settled(db_url), timeout=20)
+    row = conn.execute("select * from leads where id = %s", (lead,)).fetchone()
+    assert row["qualified_at"] is not None and row["enrichment"]["employees"] == 320
+    assert conn.execute("select health_status from module_health where module_name = 'apollo'").fetchone()["health_status"] == "CLOSED"

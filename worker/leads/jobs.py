@@ -1,0 +1,179 @@
+"""Lead jobs and schedules: the Meta Lead Ads fetch (a leadgen webhook's field data from the Graph
+API), scheduled pulls (Apollo people search, Apify datasets, Google Places text search) and critical
+alerts (to realtime always, to Slack when the tenant enabled leads.alerts.slack)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from psycopg.types.json import Jsonb
+
+from worker.adapters.apify import ApifyAdapter
+from worker.adapters.apollo import ApolloAdapter
+from worker.adapters.google_places import GooglePlacesAdapter
+from worker.adapters.meta_graph import MetaGraphAdapter
+from worker.adapters.slack import SlackAdapter
+from worker.errors import JobError, Permanent
+from worker.registry import every, job
+
+from luna.normalize import normalize_values
+
+log = logging.getLogger("luna.worker.leads")
+
+
+async def ingest(conn, tenant: str, source: str, payload: dict) -> dict:
+    """Normalise in Python (tenant region) and ingest through the one SQL function."""
+    region_row = await (await conn.execute("select default_region from public.tenants where id = %s", (tenant,))).fetchone()
+    values, _ = normalize_values({k: v for k, v in payload.items() if isinstance(v, (str, int))}, region_row["default_region"])
+    clean = {**payload, **{k: v for k, v in values.items() if v is not None}}
+    for column in ("email", "phone"):
+        if payload.get(column) and values.get(column) is None:
+            clean.pop(column, None)
+    row = await (await conn.execute("select * from private.ingest_lead(%s, %s, %s)",
+                                    (tenant, source, Jsonb(clean)))).fetchone()
+    return {"lead_id": str(row["lead_id"]), "action": row["action"]}
+
+
+async def _meta_source(conn, tenant: str, page_id: str) -> dict:
+    row = await (await conn.execute(
+        "select config from public.lead_sources where tenant_id = %s and kind = 'meta' and config ->> 'page_id' = %s",
+        (tenant, page_id))).fetchone()
+    return (row or {}).get("config") or {}
+
+
+@job("leads.meta_fetch")
+async def meta_fetch(ctx, row: dict):
+    p = row["payload"]
+    tenant = str(row["tenant_id"])
+    async with ctx.pool.connection() as conn:
+        conf = await _meta_source(conn, tenant, p.get("page_id", ""))
+    token = conf.get("access_token") or os.environ.get("META_PAGE_ACCESS_TOKEN")
+    if not token:
+        raise Permanent("no page access token (lead_sources.config.access_token or META_PAGE_ACCESS_TOKEN)",
+                        code="not_configured")
+    base = conf.get("graph_base_url") or os.environ.get("META_GRAPH_BASE_URL")
+
+    def make():
+        a = MetaGraphAdapter(token, base_url=base, timeout=10, retries=1)
+        a.breaker = ctx.breaker
+        return a
+
+    graph = ctx.adapter(f"meta_graph:{base}:{token}", make)
+    lead = await graph.lead(p["leadgen_id"])
+    payload = MetaGraphAdapter.to_payload(lead)
+    payload["form_id"] = p.get("form_id")
+    async with ctx.pool.connection() as conn:
+        async with conn.transaction():
+            result = await ingest(conn, tenant, "meta", payload)
+            await conn.execute("update private.lead_webhooks set status = 'processed', lead_id = %s, error = null "
+                               "where id = %s", (result["lead_id"], p["webhook_id"]))
+    return result
+
+
+# ------------------------------------------------------------------------------------------- pulls
+PULLERS = {
+    "apollo": (ApolloAdapter, "APOLLO_API_KEY"),
+    "apify": (ApifyAdapter, "APIFY_TOKEN"),
+    "google_places": (GooglePlacesAdapter, "GOOGLE_PLACES_API_KEY"),
+}
+
+
+async def pull_source(ctx, source: dict) -> dict:
+    """Fetch one source's new leads and ingest them. Returns counts."""
+    cls, env_key = PULLERS[source["kind"]]
+    conf = source["config"] or {}
+    key = conf.get("api_key") or os.environ.get(env_key, "")
+    a = cls(key, base_url=conf.get("base_url"), timeout=float(conf.get("timeout", 15)), retries=1)
+    a.breaker = ctx.breaker
+    try:
+        if source["kind"] == "apollo":
+            leads = await a.search_people(conf.get("query") or {})
+        elif source["kind"] == "apify":
+            leads = await a.dataset_items(conf["dataset_id"])
+        else:
+            leads = await a.search_text(conf["text_query"])
+    finally:
+        await a.aclose()
+    counts = {"fetched": len(leads), "inserted": 0, "merged": 0, "skipped": 0}
+    async with ctx.pool.connection() as conn:
+        for payload in leads:
+            try:
+                async with conn.transaction():
+                    result = await ingest(conn, str(source["tenant_id"]), source["kind"], payload)
+                counts[result["action"]] = counts.get(result["action"], 0) + 1
+            except Exception as exc:  # an unidentifiable record: counted, the rest continue
+                counts["skipped"] += 1
+                log.info("pull %s skipped a record: %s", source["kind"], exc)
+    return counts
+
+
+@every("leads.pull", seconds=60)
+async def pull_due_sources(ctx) -> None:
+    async with ctx.pool.connection() as conn:
+        sources = await (await conn.execute("""
+            select * from public.lead_sources
+            where enabled and kind in ('apollo', 'apify', 'google_places') and pull_every_seconds is not null
+              and (last_pulled_at is null or last_pulled_at < now() - make_interval(secs => pull_every_seconds))""")).fetchall()
+    for source in sources:
+        try:
+            counts = await pull_source(ctx, source)
+            error = None
+        except Exception as exc:  # BreakerOpen, adapter errors: recorded, tried again next time
+            counts, error = None, f"{type(exc).__name__}: {exc}"
+        async with ctx.pool.connection() as conn:
+            await conn.execute("update public.lead_sources set last_pulled_at = now(), last_error = %s where id = %s",
+                               (error, source["id"]))
+            await conn.execute("""insert into public.processing_logs (tenant_id, module, action, result, detail, error)
+                                  values (%s, %s, 'pull', %s, %s, %s)""",
+                               (source["tenant_id"], source["kind"], "error" if error else "ok",
+                                Jsonb(counts or {}), error))
+
+
+# ------------------------------------------------------------------------------------------ alerts
+_last_alert_id: int | None = None
+
+
+@every("leads.alerts", seconds=30)
+async def send_alerts(ctx) -> int:
+    """New errors that sent a lead to review (and open breakers) go to Slack when configured."""
+    global _last_alert_id
+    async with ctx.pool.connection() as conn:
+        if _last_alert_id is None:
+            row = await (await conn.execute("select coalesce(max(id), 0) as id from public.processing_logs")).fetchone()
+            _last_alert_id = row["id"]
+            return 0
+        rows = await (await conn.execute("""
+            select p.id, p.tenant_id, p.lead_id, p.module, p.to_status, left(p.error, 300) as error,
+                   (select tf.config ->> 'webhook_url' from public.tenant_features tf
+                     where tf.tenant_id = p.tenant_id and tf.feature = 'leads.alerts.slack' and tf.enabled) as webhook
+            from public.processing_logs p
+            where p.id > %s and p.result = 'error' order by p.id limit 200""", (_last_alert_id,))).fetchall()
+        opened = await (await conn.execute(
+            "select module_name, last_error from public.module_health where health_status = 'OPEN' "
+            "and opened_at > now() - interval '30 seconds'")).fetchall()
+    sent = 0
+    for r in rows:
+        _last_alert_id = max(_last_alert_id, r["id"])
+        if r["webhook"]:
+            text = (f":rotating_light: LUNA lead {r['lead_id']} -> {r['to_status']} in {r['module']}: {r['error']}")
+            sent += await _slack(ctx, r["webhook"], text)
+    if opened and rows:
+        hooks = {r["webhook"] for r in rows if r["webhook"]}
+        for hook in hooks:
+            text = "; ".join(f"circuit breaker OPEN for {o['module_name']}: {o['last_error']}" for o in opened)
+            sent += await _slack(ctx, hook, f":warning: {text}")
+    return sent
+
+
+async def _slack(ctx, url: str, text: str) -> int:
+    slack = ctx.adapter(f"slack:{url}", lambda: SlackAdapter(url, timeout=5, retries=1))
+    try:
+        await slack.post(text)
+        return 1
+    except JobError as exc:
+        log.warning("slack alert failed: %s", exc)
+        return 0
+
+
+__all__ = ["ingest", "meta_fetch", "pull_source", "pull_due_sources", "send_alerts"]
