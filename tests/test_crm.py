@@ -492,3 +492,29 @@ def test_user_management_is_audited(conn):
         with as_user(conn, "owner@demo.luna.local") as cur:
             cur.execute("select public.change_member_role('00000000-0000-4000-8001-000000000011', 'admin')")
     refused(exc, "last_owner", "PT409")
+
+
+# --------------------------------------------------------------------------------------------- reports
+
+
+def test_reporting_views_follow_rls(conn):
+    with as_user(conn, "supervisor@demo.luna.local") as cur:
+        cur.execute("select public.move_card(%s, %s)", (CARD_AHMET, stage(conn, "Görüşülüyor")))
+        cur.execute("select public.move_card(%s, %s, %s)", (CARD_AHMET, stage(conn, "Kapora"), Jsonb({"deposit_amount": 10})))
+    with as_user(conn, "supervisor@demo.luna.local", rollback=True) as cur:
+        perf = cur.execute("select * from report_crm_source_performance order by source").fetchall()
+        conv = cur.execute("select * from report_crm_stage_conversion").fetchall()
+        tis = cur.execute("select * from report_crm_time_in_stage where stage = 'Potansiyel'").fetchone()
+        appts = cur.execute("select sum(appointments) as n from report_crm_appointments_per_day").fetchone()
+        backlog = cur.execute("select * from report_crm_reminder_backlog").fetchall()
+        load = {str(r["user_id"]): r for r in cur.execute("select * from report_crm_rep_workload")}
+    assert {r["source"] for r in perf} == {"instagram", "web", "whatsapp"} and all(str(r["tenant_id"]) == DEMO for r in perf)
+    assert {(r["from_stage"], r["to_stage"]) for r in conv} == {("Potansiyel", "Görüşülüyor"), ("Görüşülüyor", "Kapora")}
+    assert tis["exits"] == 1 and tis["open_cards"] == 1
+    assert appts["n"] == 1 and backlog[0]["open"] == 1
+    assert load[AGENT]["customers"] == 1 and load[AGENT]["open_cards"] == 1 and load[AGENT]["open_work_orders"] == 1
+    restrict_agents(conn)
+    with as_user(conn, "agent@demo.luna.local", rollback=True) as cur:
+        assert cur.execute("select sum(customers) as n from report_crm_source_performance").fetchone()["n"] == 1
+    with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
+        assert all(str(r["tenant_id"]) == DEMO2 for r in cur.execute("select tenant_id from report_crm_source_performance"))
