@@ -595,7 +595,13 @@ as $$
 declare
   p jsonb := ev.payload;
   id uuid;
+  tenant uuid := (select a.tenant_id from public.channel_accounts a where a.id = ev.channel_account_id);
 begin
+  -- A delivery status callback (SMS providers): {"status": {provider_message_id, status, error_code, error_message}}
+  if p ? 'status' then
+    return jsonb_build_object('statuses', private.apply_message_status(tenant, p #>> '{status,provider_message_id}',
+      p #>> '{status,status}', now(), p #>> '{status,error_code}', p #>> '{status,error_message}')::int);
+  end if;
   id := private.ingest_message(
     ev.channel_account_id, p ->> 'from', p ->> 'name', p ->> 'message_id', coalesce(p ->> 'type', 'text'),
     p ->> 'body', coalesce(p -> 'extra', '{}'), coalesce(p -> 'attachments', '[]'),

@@ -155,3 +155,69 @@ async def send(conversation_id: str, req: SendRequest, conn: psycopg.AsyncConnec
         (conversation_id, req.body, Jsonb(req.template) if req.template else None, req.idempotency_key,
          Jsonb(req.media) if req.media else None))).fetchone()
     return JSONResponse({"message_id": str(row["id"]), "status": row["status"], "type": row["type"]}, status_code=202)
+
+
+# ------------------------------------------------------------------------------------------ SMS, Telegram
+async def _channel_secret(request: Request, channel_id: str, kind: str) -> tuple[dict, dict]:
+    """(channel row, decrypted credentials) of an active channel of this kind, or 404."""
+    async with as_service(request) as conn:
+        row = await (await conn.execute("select * from private.channel_for_worker(%s::uuid)", (channel_id,))).fetchone()
+        if row is None or row["kind"] != kind:
+            raise ApiError(404, "unknown_channel", f"no {kind} channel {channel_id}")
+        creds = json.loads(await secrets.adecrypt(row["secret"], conn)) if row["secret"] else {}
+    return row, creds
+
+
+TWILIO_STATUS = {"queued": "queued", "accepted": "queued", "sending": "queued", "sent": "sent",
+                 "delivered": "delivered", "read": "read", "undelivered": "failed", "failed": "failed"}
+
+
+@router.post("/v1/webhooks/twilio/{channel_id}")
+async def twilio_event(channel_id: str, request: Request):
+    """Twilio inbound SMS and status callbacks (form-encoded, X-Twilio-Signature checked first)."""
+    from worker.adapters.twilio import signature_ok as twilio_signature_ok
+
+    ch, creds = await _channel_secret(request, channel_id, "sms_twilio")
+    params = {k: str(v) for k, v in (await request.form()).items()}
+    url = (ch["settings"] or {}).get("webhook_url") or str(request.url)
+    if not twilio_signature_ok(creds.get("auth_token", ""), url, params, request.headers.get("x-twilio-signature")):
+        raise ApiError(401, "bad_signature", "X-Twilio-Signature does not match")
+    sid = params.get("MessageSid") or params.get("SmsSid") or ""
+    if "Body" in params:
+        payload = {"from": params.get("From"), "phone": params.get("From"), "message_id": sid, "body": params["Body"],
+                   "type": "media" if int(params.get("NumMedia", "0") or 0) else "text",
+                   "attachments": [{"url": params.get(f"MediaUrl{i}"), "mime_type": params.get(f"MediaContentType{i}")}
+                                   for i in range(int(params.get("NumMedia", "0") or 0))]}
+        event_id = f"twilio:{sid}"
+    else:
+        status = params.get("MessageStatus", "")
+        payload = {"status": {"provider_message_id": sid, "status": TWILIO_STATUS.get(status, "sent"),
+                              "error_code": params.get("ErrorCode"), "error_message": params.get("ErrorMessage")}}
+        event_id = f"twilio:{sid}:{status}"
+    row = await _service_call(request, "select event_id, inserted from private.receive_event('sms', %s, %s, '{}', null, null, %s)",
+                              (event_id, Jsonb(payload), channel_id))
+    return Response(b"<Response/>" if row else b"", media_type="application/xml")
+
+
+@router.post("/v1/webhooks/telegram/{channel_id}")
+async def telegram_event(channel_id: str, request: Request):
+    """Telegram bot updates (setWebhook with secret_token; the header is checked first)."""
+    _, creds = await _channel_secret(request, channel_id, "telegram")
+    given = request.headers.get("x-telegram-bot-api-secret-token", "")
+    if not creds.get("webhook_secret") or not hmac.compare_digest(given.encode(), creds["webhook_secret"].encode()):
+        raise ApiError(401, "bad_signature", "X-Telegram-Bot-Api-Secret-Token does not match")
+    try:
+        update = json.loads(await request.body())
+    except ValueError:
+        raise ApiError(400, "malformed_body", "the body is not JSON")
+    msg = update.get("message") or update.get("edited_message")
+    if not msg:
+        return {"received": True, "ignored": True}
+    sender = msg.get("from") or {}
+    chat_id = str((msg.get("chat") or {}).get("id"))
+    payload = {"from": chat_id, "name": " ".join(filter(None, [sender.get("first_name"), sender.get("last_name")])) or None,
+               "message_id": f"tg:{chat_id}:{msg.get('message_id')}", "body": msg.get("text") or msg.get("caption"),
+               "type": "text" if "text" in msg else "media", "date": None, "extra": {"username": sender.get("username")}}
+    row = await _service_call(request, "select event_id, inserted from private.receive_event('telegram', %s, %s, '{}', null, null, %s)",
+                              (f"tg:{channel_id}:{update.get('update_id')}", Jsonb(payload), channel_id))
+    return {"received": True, "duplicate": not row["inserted"]}

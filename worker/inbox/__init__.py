@@ -270,3 +270,55 @@ async def send_conversion_event(ctx, job_row: dict):
         await conn.execute("update public.conversion_events set status = 'sent', sent_at = now(), attempts = attempts + 1 "
                            "where id = %s", (event_id,))
     return {"events_received": received}
+
+
+# ------------------------------------------------------------------------------------------ SMS, Telegram
+@OUTBOUND.handler("sms_twilio")
+async def send_twilio(ctx, row: dict):
+    from ..adapters.twilio import TwilioAdapter
+
+    ch = await channel(ctx, row["channel_account_id"])
+    creds = ch["credentials"]
+    if not creds.get("account_sid") or not creds.get("auth_token"):
+        raise Permanent("code=no_credentials: the Twilio channel needs account_sid and auth_token")
+    await wait_for_slot(row)
+    try:
+        sid = await _adapter(ctx, TwilioAdapter, ch).send(
+            creds["account_sid"], creds["auth_token"], ch["external_id"], row["recipient"], row["request"].get("body") or "",
+            (ch["settings"] or {}).get("status_callback"))
+    except AdapterError as exc:
+        raise _job_error(exc) from exc
+    return {"provider_message_id": sid}
+
+
+@OUTBOUND.handler("sms_netgsm")
+async def send_netgsm(ctx, row: dict):
+    from ..adapters.netgsm import NetgsmAdapter
+
+    ch = await channel(ctx, row["channel_account_id"])
+    creds = ch["credentials"]
+    if not creds.get("username") or not creds.get("password"):
+        raise Permanent("code=no_credentials: the Netgsm channel needs username and password")
+    await wait_for_slot(row)
+    try:
+        job_id = await _adapter(ctx, NetgsmAdapter, ch).send(creds["username"], creds["password"], ch["external_id"],
+                                                             row["recipient"], row["request"].get("body") or "")
+    except AdapterError as exc:
+        raise _job_error(exc) from exc
+    return {"provider_message_id": f"netgsm:{job_id}"}
+
+
+@OUTBOUND.handler("telegram")
+async def send_telegram(ctx, row: dict):
+    from ..adapters.telegram import TelegramAdapter
+
+    ch = await channel(ctx, row["channel_account_id"])
+    token = ch["credentials"].get("bot_token")
+    if not token:
+        raise Permanent("code=no_credentials: the Telegram channel needs bot_token")
+    await wait_for_slot(row)
+    try:
+        mid = await _adapter(ctx, TelegramAdapter, ch).send(token, row["recipient"], row["request"].get("body") or "")
+    except AdapterError as exc:
+        raise _job_error(exc) from exc
+    return {"provider_message_id": mid}

@@ -1,0 +1,59 @@
+"""Twilio Programmable Messaging (SMS).
+
+Send: POST /2010-04-01/Accounts/{AccountSid}/Messages.json (form: To, From | MessagingServiceSid, Body;
+HTTP Basic with the account SID and auth token) answers the Message resource {sid, status, ...}.
+Errors answer {code, message, more_info, status}. Inbound and status webhooks are signed:
+X-Twilio-Signature = base64(HMAC-SHA1(auth token, URL + each POST param name+value sorted by name)).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+from typing import Any
+
+import httpx
+
+from .base import AdapterError, HttpAdapter, _retry_after, require
+
+# 20429: too many requests; 30001: queue overflow (both transient).
+RETRYABLE_CODES = {20429, 30001}
+
+
+def signature(auth_token: str, url: str, params: dict[str, str]) -> str:
+    data = url + "".join(f"{k}{params[k]}" for k in sorted(params))
+    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
+
+
+def signature_ok(auth_token: str, url: str, params: dict[str, str], header: str | None) -> bool:
+    return bool(header) and hmac.compare_digest(signature(auth_token, url, params), header)
+
+
+class TwilioAdapter(HttpAdapter):
+    module = "twilio"
+    default_base_url = "https://api.twilio.com"
+
+    def __init__(self, base_url: str | None = None, **kwargs):
+        kwargs.setdefault("retries", 0)
+        super().__init__(base_url, **kwargs)
+
+    def classify(self, response: httpx.Response, body: Any) -> AdapterError | None:
+        if response.is_success:
+            return None
+        if not isinstance(body, dict) or "code" not in body:
+            return super().classify(response, body)
+        code = body.get("code")
+        retryable = response.status_code in (429, 500, 502, 503, 504) or code in RETRYABLE_CODES
+        return AdapterError(f"code={code}: {body.get('message')}", status=response.status_code, retryable=retryable,
+                            code=str(code), retry_after=_retry_after(response), body=body)
+
+    async def send(self, account_sid: str, auth_token: str, sender: str, to: str, body: str,
+                   status_callback: str | None = None) -> str:
+        form = {"To": to, "Body": body}
+        form["MessagingServiceSid" if sender.startswith("MG") else "From"] = sender
+        if status_callback:
+            form["StatusCallback"] = status_callback
+        answer = await self.request("POST", f"/2010-04-01/Accounts/{account_sid}/Messages.json", data=form,
+                                    auth=(account_sid, auth_token))
+        return require(answer, "sid", module=self.module)["sid"]
