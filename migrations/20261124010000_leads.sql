@@ -208,7 +208,10 @@ create index processing_logs_lead_idx on public.processing_logs (tenant_id, lead
 create index processing_logs_time_idx on public.processing_logs (tenant_id, created_at desc);
 create index processing_logs_errors_idx on public.processing_logs (tenant_id, module, created_at desc) where result = 'error';
 select private.enable_rls('processing_logs', 'leads');
-revoke insert, update, delete on public.processing_logs from authenticated;
+-- Written only by the pipeline's functions: members read, nobody writes directly (no write policies).
+drop policy tenant_insert on public.processing_logs;
+drop policy tenant_update on public.processing_logs;
+drop policy tenant_delete on public.processing_logs;
 
 -- ===========================================================================================
 -- System metrics: per tenant, module and minute (throughput, latency, errors), written by the worker.
@@ -230,7 +233,9 @@ create table public.system_metrics (
 create trigger set_updated_at before update on public.system_metrics
   for each row execute function private.set_updated_at();
 select private.enable_rls('system_metrics', 'reports');
-revoke insert, update, delete on public.system_metrics from authenticated;
+drop policy tenant_insert on public.system_metrics;
+drop policy tenant_update on public.system_metrics;
+drop policy tenant_delete on public.system_metrics;
 
 -- ===========================================================================================
 -- Lead sources: form keys, Meta pages, scheduled pulls (Apollo, Apify, Google Places).

@@ -94,3 +94,14 @@ def test_rls_tenant_isolation_on_leads(conn):
         assert [str(r["tenant_id"]) for r in rows] == [DEMO]
     with as_user(conn, "agent@demo-2.luna.local", rollback=True) as cur:
         assert cur.execute("select count(*) as n from processing_logs where tenant_id = %s", (DEMO,)).fetchone()["n"] == 0
+
+
+def test_logs_and_metrics_are_read_only_for_users(conn):
+    with pytest.raises(psycopg.Error) as err:
+        with as_user(conn, "owner@demo.luna.local", rollback=True) as cur:
+            cur.execute("insert into processing_logs (tenant_id, module, action, result) values (%s, 'x', 'y', 'ok')", (DEMO,))
+    assert err.value.sqlstate == "42501"
+    with as_user(conn, "owner@demo.luna.local", rollback=True) as cur:
+        assert cur.execute("select count(*) as n from processing_logs").fetchone()["n"] > 0
+        assert cur.execute("update system_metrics set errors = 99").rowcount == 0
+        assert cur.execute("delete from processing_logs").rowcount == 0
