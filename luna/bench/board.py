@@ -91,6 +91,55 @@ class _Listener:
             return self.arrivals.pop(key)
 
 
+class _SseListener(_Listener):
+    """The same, through edge's SSE relay (GET /v1/realtime/stream), as a browser would receive it."""
+
+    def __init__(self, base: str, token: str, topic: str):
+        self.base, self.token = base, token
+        super().__init__("", topic)
+
+    def _run(self, _url: str):
+        import httpx
+
+        with httpx.Client(timeout=httpx.Timeout(10, read=60)) as client:
+            with client.stream("GET", f"{self.base}/v1/realtime/stream",
+                               params={"topics": self.topic, "access_token": self.token}) as response:
+                event = None
+                for line in response.iter_lines():
+                    if self.stop:
+                        return
+                    if line.startswith("event: "):
+                        event = line[7:]
+                        if event == "joined":
+                            self.ready.set()
+                    elif line.startswith("data: ") and event == "card_moved":
+                        at = time.perf_counter()
+                        payload = json.loads(line[6:])["payload"]
+                        with self.cond:
+                            self.arrivals[f"{payload['card_id']}:{payload['to_stage_id']}"] = at
+                            self.cond.notify_all()
+
+
+def _serve_edge(url: str):
+    """edge on a loopback port in a thread (uvicorn); returns (base url, server)."""
+    import socket
+
+    import uvicorn
+
+    from edge.app import create_app
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(create_app(url), host="127.0.0.1", port=port, log_level="warning",
+                                           access_log=False, lifespan="on"))
+    threading.Thread(target=server.run, daemon=True).start()
+    deadline = time.monotonic() + 15
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return f"http://127.0.0.1:{port}", server
+
+
 @bench("board")
 def board(quick: bool = False) -> dict:
     cards = 2000
@@ -153,6 +202,31 @@ def board(quick: bool = False) -> dict:
                 realtime_ms.append((arrived - t0) * 1000)
         listener.stop = True
         listener.thread.join(2)
+
+        # --- the same moves seen through edge's SSE relay
+        sse_ms, sse_lost = [], 0
+        try:
+            from luna import tokens
+
+            base, server = _serve_edge(url)
+            sse = _SseListener(base, tokens.mint(conn, "supervisor@demo.luna.local"), topic)
+            for i in range(move_iterations // 2 + 5):
+                card = rng.choice(movable)
+                target = "Görüşülüyor" if where[card] == "Potansiyel" else "Potansiyel"
+                t0 = time.perf_counter()
+                as_user(SUPERVISOR, "select public.move_card(%s, %s)", (card, stages[target]))
+                where[card] = target
+                arrived = sse.wait(f"{card}:{stages[target]}")
+                if i < 5:
+                    continue
+                if arrived is None:
+                    sse_lost += 1
+                else:
+                    sse_ms.append((arrived - t0) * 1000)
+            sse.stop = True
+            server.should_exit = True
+        except Exception as exc:  # no JWT secret configured, say: the LISTEN figure stands alone
+            sse_lost = f"not measured: {exc}"
         counts = conn.execute("""select (select count(*) from public.timeline_events where event_type = 'stage_changed') as timeline,
                                         (select count(*) from public.notifications where kind = 'card_moved') as notifications,
                                         (select count(*) from private.jobs where kind = 'crm.card_moved') as hooks""").fetchone()
@@ -165,12 +239,17 @@ def board(quick: bool = False) -> dict:
         "board_agent_p95_ms": round(percentile(agent_ms, 95), 2),
         "move_median_ms": round(median(move_ms), 2),
         "realtime_median_ms": round(median(realtime_ms), 2) if realtime_ms else None,
-        "realtime_lost": lost},
+        "realtime_lost": lost,
+        "realtime_sse_p95_ms": round(percentile(sse_ms, 95), 2) if sse_ms else None,
+        "realtime_sse_median_ms": round(median(sse_ms), 2) if sse_ms else None,
+        "realtime_sse_lost": sse_lost},
         "conditions": {
             "cards": cards, "cards_shown": shown, "board_json_bytes": board_bytes, "stages": 7, "board_iterations": board_iterations,
             "move_iterations": move_iterations, "board_caller": "supervisor (sees all), as PostgREST: set role + claims, one transaction, the json text "
                             "fetched (board_parsed_p95_ms adds decoding it in Python)",
             "move": "public.move_card as supervisor: rule check, timeline, notification to the responsible, "
                     "2 broadcasts (board + customer topic), integration-hook job; one transaction each",
-            "realtime": "move start to NOTIFY arrival on channel 'realtime' (the edge relay's source) in another connection",
+            "realtime": "move start to NOTIFY arrival on channel 'realtime' (the edge relay's source) in another "
+                        "connection; realtime_sse_*: move start to the SSE event at a subscriber of edge's relay "
+                        "(GET /v1/realtime/stream, uvicorn on loopback), half as many moves",
             "database": "embedded PostgreSQL (luna.bench.scratch_database)"}}
