@@ -434,6 +434,19 @@ create trigger set_updated_at before update on public.conversion_events
   for each row execute function private.set_updated_at();
 select private.enable_rls('conversion_events', 'marketing');
 
+-- Every foreign key leads an index (deletes and joins on the referenced side stay cheap).
+create index agent_availability_user_idx on public.agent_availability (user_id);
+create index routing_rules_channel_idx on public.routing_rules (tenant_id, channel_account_id);
+create index conversations_assignee_fk_idx on public.conversations (assignee_id);
+create index messages_sender_idx on public.messages (sender_id) where sender_id is not null;
+create index conversation_events_actor_idx on public.conversation_events (actor_id) where actor_id is not null;
+create index conversation_reads_user_idx on public.conversation_reads (user_id);
+create index conversation_reads_conversation_idx on public.conversation_reads (tenant_id, conversation_id);
+create index outbound_message_idx on public.outbound_messages (tenant_id, message_id);
+create index outbound_channel_idx on public.outbound_messages (tenant_id, channel_account_id);
+create index ad_objects_account_idx on public.ad_objects (tenant_id, ad_account_id);
+create index ad_insights_account_idx on public.ad_insights_daily (tenant_id, ad_account_id);
+
 -- Grants: the API roles read and write through RLS; the worker is service_role.
 grant select, insert, update, delete on public.channel_accounts, public.contacts, public.agent_availability,
   public.routing_rules, public.conversations, public.conversation_reads, public.message_templates,
