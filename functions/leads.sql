@@ -216,38 +216,73 @@ begin
   ) on commit drop;
   truncate pg_temp.lead_groups;
 
+  -- One group per identity key: the last row of the key, then (keys seen on several lines only)
+  -- each column's last non-empty value.
   insert into pg_temp.lead_groups (k, first_line, lines, company_name, contact_name, email, phone, website,
                                    domain_cleaned, city, country, utm_source, utm_medium, utm_campaign,
                                    utm_content, utm_term, raw)
-  select s.unique_lead_id, min(s.line), count(*),
-    (array_agg(s.company_name order by s.line desc) filter (where s.company_name is not null))[1],
-    (array_agg(s.contact_name order by s.line desc) filter (where s.contact_name is not null))[1],
-    (array_agg(s.email order by s.line desc) filter (where s.email is not null))[1],
-    (array_agg(s.phone order by s.line desc) filter (where s.phone is not null))[1],
-    (array_agg(s.website order by s.line desc) filter (where s.website is not null))[1],
-    (array_agg(s.domain_cleaned order by s.line desc) filter (where s.domain_cleaned is not null))[1],
-    (array_agg(s.city order by s.line desc) filter (where s.city is not null))[1],
-    (array_agg(s.country order by s.line desc) filter (where s.country is not null))[1],
-    (array_agg(s.utm_source order by s.line desc) filter (where s.utm_source is not null))[1],
-    (array_agg(s.utm_medium order by s.line desc) filter (where s.utm_medium is not null))[1],
-    (array_agg(s.utm_campaign order by s.line desc) filter (where s.utm_campaign is not null))[1],
-    (array_agg(s.utm_content order by s.line desc) filter (where s.utm_content is not null))[1],
-    (array_agg(s.utm_term order by s.line desc) filter (where s.utm_term is not null))[1],
-    (array_agg(s.raw order by s.line desc))[1]
+  select distinct on (s.unique_lead_id) s.unique_lead_id, s.line, 1, s.company_name, s.contact_name, s.email, s.phone,
+         s.website, s.domain_cleaned, s.city, s.country, s.utm_source, s.utm_medium, s.utm_campaign, s.utm_content,
+         s.utm_term, s.raw
   from private.lead_staging s
   where s.batch = ingest_staged.batch
-  group by s.unique_lead_id;
+  order by s.unique_lead_id, s.line desc;
+
+  update pg_temp.lead_groups g set
+    first_line = d.first_line, lines = d.lines,
+    company_name = d.company_name, contact_name = d.contact_name, email = d.email, phone = d.phone,
+    website = d.website, domain_cleaned = d.domain_cleaned, city = d.city, country = d.country,
+    utm_source = d.utm_source, utm_medium = d.utm_medium, utm_campaign = d.utm_campaign,
+    utm_content = d.utm_content, utm_term = d.utm_term
+  from (
+    select s.unique_lead_id as k, min(s.line) as first_line, count(*) as lines,
+      (array_agg(s.company_name order by s.line desc) filter (where s.company_name is not null))[1] as company_name,
+      (array_agg(s.contact_name order by s.line desc) filter (where s.contact_name is not null))[1] as contact_name,
+      (array_agg(s.email order by s.line desc) filter (where s.email is not null))[1] as email,
+      (array_agg(s.phone order by s.line desc) filter (where s.phone is not null))[1] as phone,
+      (array_agg(s.website order by s.line desc) filter (where s.website is not null))[1] as website,
+      (array_agg(s.domain_cleaned order by s.line desc) filter (where s.domain_cleaned is not null))[1] as domain_cleaned,
+      (array_agg(s.city order by s.line desc) filter (where s.city is not null))[1] as city,
+      (array_agg(s.country order by s.line desc) filter (where s.country is not null))[1] as country,
+      (array_agg(s.utm_source order by s.line desc) filter (where s.utm_source is not null))[1] as utm_source,
+      (array_agg(s.utm_medium order by s.line desc) filter (where s.utm_medium is not null))[1] as utm_medium,
+      (array_agg(s.utm_campaign order by s.line desc) filter (where s.utm_campaign is not null))[1] as utm_campaign,
+      (array_agg(s.utm_content order by s.line desc) filter (where s.utm_content is not null))[1] as utm_content,
+      (array_agg(s.utm_term order by s.line desc) filter (where s.utm_term is not null))[1] as utm_term
+    from private.lead_staging s
+    where s.batch = ingest_staged.batch
+      and s.unique_lead_id in (select x.unique_lead_id from private.lead_staging x where x.batch = ingest_staged.batch
+                               group by x.unique_lead_id having count(*) > 1)
+    group by s.unique_lead_id
+  ) d
+  where g.k = d.k;
   analyze pg_temp.lead_groups;
 
-  -- Match existing leads (key, then domain, e-mail, phone).
-  update pg_temp.lead_groups g set lead_id = coalesce(
-    (select l.id from public.leads l where l.tenant_id = tenant and l.unique_lead_id = g.k),
-    (select l.id from public.leads l where l.tenant_id = tenant and g.domain_cleaned is not null
-       and l.domain_cleaned = g.domain_cleaned order by l.created_at limit 1),
-    (select l.id from public.leads l where l.tenant_id = tenant and g.email is not null
-       and l.email = g.email order by l.created_at limit 1),
-    (select l.id from public.leads l where l.tenant_id = tenant and g.phone is not null
-       and l.phone = g.phone order by l.created_at limit 1));
+  -- Match existing leads set-based: the key first, then domain, e-mail, phone (oldest lead wins).
+  update pg_temp.lead_groups g set lead_id = l.id
+  from public.leads l
+  where l.tenant_id = tenant and l.unique_lead_id = g.k;
+
+  update pg_temp.lead_groups g set lead_id = m.id
+  from (select distinct on (l.domain_cleaned) l.domain_cleaned, l.id from public.leads l
+        where l.tenant_id = tenant and l.domain_cleaned in (select x.domain_cleaned from pg_temp.lead_groups x
+                                                            where x.lead_id is null and x.domain_cleaned is not null)
+        order by l.domain_cleaned, l.created_at) m
+  where g.lead_id is null and g.domain_cleaned = m.domain_cleaned;
+
+  update pg_temp.lead_groups g set lead_id = m.id
+  from (select distinct on (l.email) l.email, l.id from public.leads l
+        where l.tenant_id = tenant and l.email in (select x.email from pg_temp.lead_groups x
+                                                   where x.lead_id is null and x.email is not null)
+        order by l.email, l.created_at) m
+  where g.lead_id is null and g.email = m.email;
+
+  update pg_temp.lead_groups g set lead_id = m.id
+  from (select distinct on (l.phone) l.phone, l.id from public.leads l
+        where l.tenant_id = tenant and l.phone in (select x.phone from pg_temp.lead_groups x
+                                                   where x.lead_id is null and x.phone is not null)
+        order by l.phone, l.created_at) m
+  where g.lead_id is null and g.phone = m.phone;
 
   -- What a merge changes (non-empty new values that differ), before applying it.
   update pg_temp.lead_groups g set changes = (
