@@ -36,7 +36,8 @@ APP_CACHE_SECONDS = 60.0
 
 async def _meta_app(request: Request, app_id: str) -> tuple[str, str] | None:
     """(app secret, verify token) of a registered Meta app, cached briefly in memory."""
-    cached = _APP_CACHE.get(app_id)
+    key = f"{request.app.state.database_url}|{app_id}"
+    cached = _APP_CACHE.get(key)
     if cached and cached[0] > time.monotonic():
         return cached[1], cached[2]
     async with as_service(request) as conn:
@@ -46,7 +47,7 @@ async def _meta_app(request: Request, app_id: str) -> tuple[str, str] | None:
             return None
         app_secret = await secrets.adecrypt(row["app_secret"], conn)
         verify_token = await secrets.adecrypt(row["verify_token"], conn)
-    _APP_CACHE[app_id] = (time.monotonic() + APP_CACHE_SECONDS, app_secret, verify_token)
+    _APP_CACHE[key] = (time.monotonic() + APP_CACHE_SECONDS, app_secret, verify_token)
     return app_secret, verify_token
 
 
@@ -221,3 +222,28 @@ async def telegram_event(channel_id: str, request: Request):
     row = await _service_call(request, "select event_id, inserted from private.receive_event('telegram', %s, %s, '{}', null, null, %s)",
                               (f"tg:{channel_id}:{update.get('update_id')}", Jsonb(payload), channel_id))
     return {"received": True, "duplicate": not row["inserted"]}
+
+
+class CredentialsRequest(BaseModel):
+    credentials: dict[str, str] = Field(description="access_token, app_secret, password, auth_token, bot_token …")
+
+
+@router.put("/v1/inbox/channels/{channel_id}/credentials", status_code=204)
+async def set_credentials(channel_id: str, req: CredentialsRequest, request: Request,
+                          conn: psycopg.AsyncConnection = Depends(as_user)):
+    """Store a channel's credentials encrypted (owners and admins). They are never returned by any API."""
+    row = await (await conn.execute(
+        "select id, (select private.can('settings', 'manage')) as allowed from public.channel_accounts where id = %s",
+        (channel_id,))).fetchone()
+    if row is None:
+        raise ApiError(404, "not_found", "no such channel")
+    if not row["allowed"]:
+        raise ApiError(403, "forbidden", "only owners and admins manage channel credentials")
+    stored = "fernet:" + secrets._fernet().encrypt(json.dumps(req.credentials).encode()).decode()
+    async with as_service(request) as service:
+        if (await (await service.execute("select to_regclass('vault.decrypted_secrets') is not null as v")).fetchone())["v"]:
+            vid = (await (await service.execute("select vault.create_secret(%s, %s) as id",
+                                                (json.dumps(req.credentials), f"channel:{channel_id}"))).fetchone())["id"]
+            stored = f"vault:{vid}"
+        await service.execute("select private.set_channel_secret(%s, %s)", (channel_id, stored))
+    return Response(status_code=204)

@@ -322,3 +322,30 @@ async def send_telegram(ctx, row: dict):
     except AdapterError as exc:
         raise _job_error(exc) from exc
     return {"provider_message_id": mid}
+
+
+@job("inbox.template_submit")
+async def submit_template(ctx, job_row: dict):
+    """POST the template to /{waba-id}/message_templates; keep Meta's id and status."""
+    async with ctx.pool.connection() as conn:
+        tpl = await (await conn.execute("select * from public.message_templates where id = %s",
+                                        (job_row["payload"]["template_id"],))).fetchone()
+    if tpl is None:
+        return {"skipped": True}
+    ch = await channel(ctx, tpl["channel_account_id"])
+    waba, token = (ch["settings"] or {}).get("waba_id"), ch["credentials"].get("access_token")
+    if not waba or not token:
+        raise Permanent("code=no_credentials: the WhatsApp channel needs settings.waba_id and an access token")
+    try:
+        answer = await _adapter(ctx, WhatsAppAdapter, ch).create_template(
+            waba, token, tpl["name"], tpl["language"], tpl["category"], tpl["components"])
+    except AdapterError as exc:
+        if not exc.retryable:
+            async with ctx.pool.connection() as conn:
+                await conn.execute("update public.message_templates set status = 'REJECTED', rejected_reason = %s where id = %s",
+                                   (str(exc)[:500], tpl["id"]))
+        raise _job_error(exc) from exc
+    async with ctx.pool.connection() as conn:
+        await conn.execute("update public.message_templates set provider_template_id = %s, status = %s, synced_at = now() "
+                           "where id = %s", (answer["id"], answer.get("status", "PENDING"), tpl["id"]))
+    return answer
