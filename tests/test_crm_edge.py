@@ -70,3 +70,12 @@ def test_export_respects_rls_masks_and_is_audited(client, conn):
     assert [x["full_name"] for x in mine] == ["Ahmet Y."]
     events = conn.execute("select after from audit.events where action = 'export' and resource_type = 'customers' order by seq").fetchall()
     assert [(e["after"]["rows"], e["after"]["masked"]) for e in events] == [(3, False), (3, True), (1, True)]
+
+
+def test_cli_board_as_a_role_sees_what_rls_allows(db_url, conn):
+    from .test_cli import luna
+
+    conn.execute("update tenant_policies set agents_see_assigned_only = true where tenant_id = %s", (DEMO,))
+    board = json.loads(luna(db_url, "crm", "board", "--tenant", "demo", "--user", "agent", "--json").stdout)
+    assert [c["customer_name"] for s in board["stages"] for c in s["cards"]] == ["Ahmet Yıldız"]
+    assert json.loads(luna(db_url, "crm", "reminders").stdout) == {"notified": 0}
