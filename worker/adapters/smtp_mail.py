@@ -12,7 +12,28 @@ from ..errors import JobError
 # 4xx replies are transient (greylisting, mailbox busy); 5xx are permanent.
 
 
+def render_template(request: dict) -> dict:
+    """An e-mail template ({"components": [{"type": "SUBJECT", "text"}, {"type": "BODY", "text"}]}) with its
+    {{1}}, {{2}} … variables filled in."""
+    tpl = request.get("template") or {}
+    values = [str(v) for v in tpl.get("variables") or []]
+
+    def fill(text: str) -> str:
+        for i, value in enumerate(values, start=1):
+            text = text.replace("{{%d}}" % i, value)
+        return text
+
+    parts = {str(c.get("type", "")).upper(): c.get("text", "") for c in tpl.get("components") or []}
+    out = dict(request)
+    out["body"] = fill(parts.get("BODY", request.get("body") or ""))
+    if parts.get("SUBJECT") and not request.get("in_reply_to"):
+        out["subject"] = fill(parts["SUBJECT"])
+    return out
+
+
 def build(sender: str, sender_name: str | None, request: dict) -> EmailMessage:
+    if request.get("type") == "template":
+        request = render_template(request)
     msg = EmailMessage()
     msg["From"] = f"{sender_name} <{sender}>" if sender_name else sender
     msg["To"] = request["to"]
