@@ -96,6 +96,14 @@ def fold_header(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ values
+# Turkish numbers written the usual ways (0532 123 45 67, +90 (212) 444 55 66, 905321234567): ten
+# national digits. Their validity depends only on the operator / area code, so phonenumbers decides it
+# once per six-digit prefix and the rest of a bulk import reuses the answer.
+_TR_FAST = re.compile(r"^(?:\+90|0090|90|0)?([2-5]\d{9})$")
+_TR_SEPARATORS = re.compile(r"[\s().\-/]")
+_TR_PREFIX_VALID: dict[str, bool] = {}
+
+
 @lru_cache(maxsize=200_000)
 def normalize_phone(raw, region: str = "TR") -> str | None:
     """A phone number in E.164 ("+905321234567"), read in `region` when it has no country code;
@@ -103,10 +111,22 @@ def normalize_phone(raw, region: str = "TR") -> str | None:
     text = clean_text(raw)
     if not text:
         return None
+    if (region or "TR") == "TR":
+        match = _TR_FAST.match(_TR_SEPARATORS.sub("", text))
+        if match:
+            national = match.group(1)
+            valid = _TR_PREFIX_VALID.get(national[:6])
+            if valid is None:
+                valid = _TR_PREFIX_VALID[national[:6]] = _parse_phone("+90" + national, "TR") is not None
+            return "+90" + national if valid else None
+    return _parse_phone(text, region or "TR")
+
+
+def _parse_phone(text: str, region: str) -> str | None:
     if text.startswith("00"):
         text = "+" + text[2:]
     try:
-        number = phonenumbers.parse(text, region or "TR")
+        number = phonenumbers.parse(text, region)
     except phonenumbers.NumberParseException:
         return None
     if not phonenumbers.is_valid_number(number):
@@ -288,13 +308,17 @@ def sniff_encoding(head: bytes) -> str:
 
 
 def iter_text(chunks: Iterable[bytes], encoding: str | None = None) -> Iterable[str]:
-    """Decode a byte stream incrementally (encoding sniffed from the first chunk when not given)."""
-    decoder = None
+    """Decode a byte stream incrementally. Without `encoding` it is sniffed at the first chunk that is
+    not pure ASCII (ASCII reads the same in UTF-8 and Windows-1254, so nothing before needs redoing)."""
+    decoder = codecs.getincrementaldecoder(encoding)(errors="replace") if encoding else None
     for chunk in chunks:
         if not chunk:
             continue
         if decoder is None:
-            decoder = codecs.getincrementaldecoder(encoding or sniff_encoding(chunk[:65536]))(errors="replace")
+            if chunk.isascii():
+                yield chunk.decode("ascii")
+                continue
+            decoder = codecs.getincrementaldecoder(sniff_encoding(chunk[:65536]))(errors="replace")
         text = decoder.decode(chunk)
         if text:
             yield text

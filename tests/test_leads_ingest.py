@@ -105,3 +105,30 @@ def test_logs_and_metrics_are_read_only_for_users(conn):
         assert cur.execute("select count(*) as n from processing_logs").fetchone()["n"] > 0
         assert cur.execute("update system_metrics set errors = 99").rowcount == 0
         assert cur.execute("delete from processing_logs").rowcount == 0
+
+
+def test_turkish_phone_fast_path_agrees_with_phonenumbers():
+    import random
+
+    from luna.normalize import _parse_phone
+
+    rng = random.Random(5)
+    for _ in range(3000):
+        national = rng.choice(["561", "532", "212", "444", "850", "505", "216", "599", "400"]) + \
+            "".join(str(rng.randint(0, 9)) for _ in range(7))
+        for written in ("0" + national, "+90 " + national, f"({national[:3]}) {national[3:]}"):
+            assert normalize_phone(written) == _parse_phone("+90" + national, "TR"), written
+
+
+def test_csv_decoding_and_copy_text():
+    from luna.normalize import sniff_encoding
+    from worker.leads.ingest import ImportResult, parse
+
+    data = "Firma;E-posta;Not\n\"Tab\tve\\ters, bölü\";a@tabfirma.com;\"çok\nsatırlı\"\n".encode("cp1254")
+    assert sniff_encoding(data) == "cp1254"
+    result = ImportResult()
+    rows = list(parse([data[:7], data[7:]], "TR", result))
+    assert result.rows == 1 and rows[0][0] == 2 and rows[0][2] == "Tab ve\\ters, bölü"
+    import uuid
+    block = "".join(parse([data], "TR", ImportResult(), copy_batch=uuid.UUID(int=1)))
+    assert block.count("\n") == 1 and "\\\\ters" in block and "\\n" in block  # escaped for COPY

@@ -61,10 +61,10 @@ def run(quick: bool = False) -> dict:
     os.remove(path)
     return {"bench": "ingest",
             "figures": {"leads_per_s": round(n / elapsed, 1), "elapsed_s": round(elapsed, 2),
-                        "reupload_leads_per_s": round(n / elapsed2, 1)},
+                        "reupload_leads_per_s": round(n / elapsed2, 1), **first.timings},
             "conditions": {"rows": n, "file_mb": round(size / 1e6, 1), "inserted": first.inserted,
                            "merged": first.merged, "rejected": first.rejected,
                            "reupload_inserted": second.inserted, "leads_in_db": total,
-                           "path": "decode+parse+normalise (Python, 1 process) -> COPY staging -> one set-based upsert",
+                           "path": "decode + csv parse (main process), normalise on a process pool (one per core) producing COPY text -> COPY into private.lead_staging -> one set-based upsert (private.ingest_staged)",
                            "machine": f"{os.cpu_count()} cores shared with other engineers' runs",
                            "database": "embedded PostgreSQL (same host)" }}
