@@ -28,7 +28,7 @@ def test_contact_matches_existing_customer_and_unread(client, conn, db_url, meta
     assert contact["customer_id"] == cust and contact["lead_id"] is None
     assert conn.execute("select unread_messages from public.customers where id = %s", (cust,)).fetchone()["unread_messages"] == 2
     history = conn.execute("select private.inbox_customer_messages(%s, 10) as h", (cust,)).fetchone()["h"]
-    assert [m["body"] for m in history["whatsapp"]] == ["Orada mısınız?", "Merhaba"]
+    assert sorted(m["body"] for m in history["whatsapp"]) == ["Merhaba", "Orada mısınız?"]
     conv = conn.execute("select id, assignee_id from public.conversations where contact_id = %s", (contact["id"],)).fetchone()
     user = conn.execute("select email from auth.users where id = %s", (conv["assignee_id"],)).fetchone()["email"]
     with as_user(conn, user) as cur:

@@ -226,7 +226,7 @@ def test_imap_thread_of_three_is_one_conversation(conn, db_url, dovecot):
     first = _sync(db_url)
     assert first["stored"] == 4
     convs = conn.execute("select v.id, v.thread_key, v.subject, (select count(*) from public.messages m where m.conversation_id = v.id) as n "
-                         "from public.conversations v where v.channel_account_id = %s order by v.created_at", (EMAIL_CHANNEL,)).fetchall()
+                         "from public.conversations v where v.channel_account_id = %s order by v.thread_key", (EMAIL_CHANNEL,)).fetchall()
     assert [(c["thread_key"], c["n"]) for c in convs] == [("<m1@musteri.example>", 3), ("<m4@musteri.example>", 1)]
     msgs = conn.execute("select * from public.messages where conversation_id = %s order by created_at, provider_message_id",
                         (convs[0]["id"],)).fetchall()
