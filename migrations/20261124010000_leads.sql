@@ -142,6 +142,7 @@ create index leads_email_idx on public.leads (tenant_id, email) where email is n
 create index leads_phone_idx on public.leads (tenant_id, phone) where phone is not null;
 create index leads_status_idx on public.leads (tenant_id, processing_status, created_at desc);
 create index leads_assigned_idx on public.leads (assigned_to) where assigned_to is not null;
+create index leads_reviewed_by_idx on public.leads (reviewed_by) where reviewed_by is not null;
 -- Only claimable rows are in the claim index.
 create index leads_claim_idx on public.leads (current_orchestrator_priority desc, next_attempt_at)
   where next_orchestrator_module is not null and locked_until is null;
