@@ -331,27 +331,39 @@ begin
 end;
 $$;
 
--- A delivery status for a message we sent (sent / delivered / read / failed), never backwards.
+-- A delivery status for a message we sent (sent / delivered / read / failed), never backwards. A status
+-- for a message id we do not know yet is kept (private.early_statuses) for 10 minutes: our send call
+-- may not have returned the id yet; complete_outbound applies it then.
 create or replace function private.apply_message_status(tenant uuid, provider_message_id text, new_status text,
                                                         at timestamptz default now(), error_code text default null,
                                                         error_message text default null)
 returns boolean
-language sql
+language plpgsql
 set search_path = ''
 as $$
-  with updated as (
-    update public.messages m
-    set status = new_status,
-        sent_at = case when new_status in ('sent', 'delivered', 'read') then coalesce(m.sent_at, at) else m.sent_at end,
-        delivered_at = case when new_status in ('delivered', 'read') then coalesce(m.delivered_at, at) else m.delivered_at end,
-        read_at = case when new_status = 'read' then coalesce(m.read_at, at) else m.read_at end,
-        error_code = case when new_status = 'failed' then apply_message_status.error_code else m.error_code end,
-        error_message = case when new_status = 'failed' then apply_message_status.error_message else m.error_message end
-    where m.tenant_id = tenant and m.provider_message_id = apply_message_status.provider_message_id
-      and private.message_status_rank(new_status) > private.message_status_rank(m.status)
-    returning 1
-  )
-  select exists (select 1 from updated)
+#variable_conflict use_column
+declare
+  n int;
+begin
+  update public.messages m
+  set status = new_status,
+      sent_at = case when new_status in ('sent', 'delivered', 'read') then coalesce(m.sent_at, at) else m.sent_at end,
+      delivered_at = case when new_status in ('delivered', 'read') then coalesce(m.delivered_at, at) else m.delivered_at end,
+      read_at = case when new_status = 'read' then coalesce(m.read_at, at) else m.read_at end,
+      error_code = case when new_status = 'failed' then apply_message_status.error_code else m.error_code end,
+      error_message = case when new_status = 'failed' then apply_message_status.error_message else m.error_message end
+  where m.tenant_id = tenant and m.provider_message_id = apply_message_status.provider_message_id
+    and private.message_status_rank(new_status) > private.message_status_rank(m.status);
+  get diagnostics n = row_count;
+  if n = 0 and provider_message_id is not null and not exists (
+       select 1 from public.messages m where m.tenant_id = tenant and m.provider_message_id = apply_message_status.provider_message_id) then
+    insert into private.early_statuses (tenant_id, provider_message_id, status, at, error_code, error_message)
+    values (tenant, provider_message_id, new_status, coalesce(at, now()), error_code, error_message)
+    on conflict do nothing;
+    delete from private.early_statuses e where e.created_at < now() - interval '10 minutes';
+  end if;
+  return n > 0;
+end;
 $$;
 
 -- The CRM keeps customers.unread_messages "kept by the inbox": inbound messages raise it, reading
@@ -1079,6 +1091,14 @@ begin
     returning 1
   )
   select count(*)::int into n from msgs;
+  -- Statuses that overtook the send's answer.
+  perform private.apply_message_status(e.tenant_id, e.provider_message_id, e.status, e.at, e.error_code, e.error_message)
+  from private.early_statuses e
+  join public.outbound_messages o on o.tenant_id = e.tenant_id and o.provider_message_id = e.provider_message_id
+  where o.id = any(ids)
+  order by private.message_status_rank(e.status);
+  delete from private.early_statuses e using public.outbound_messages o
+  where o.id = any(ids) and o.tenant_id = e.tenant_id and o.provider_message_id = e.provider_message_id;
   return n;
 end;
 $$;

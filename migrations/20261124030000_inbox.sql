@@ -340,6 +340,19 @@ drop policy tenant_insert on public.outbound_messages;
 drop policy tenant_update on public.outbound_messages;
 drop policy tenant_delete on public.outbound_messages;
 
+-- Delivery statuses that arrived before our own send call returned the provider's message id (the
+-- webhook raced the API answer): applied when the send completes.
+create table private.early_statuses (
+  tenant_id uuid not null references public.tenants (id) on delete cascade,
+  provider_message_id text not null,
+  status text not null,
+  at timestamptz not null,
+  error_code text,
+  error_message text,
+  created_at timestamptz not null default now(),
+  primary key (tenant_id, provider_message_id, status)
+);
+
 -- Rate-limit buckets shared by every worker: the next free send slot per key
 -- ('channel:<id>' per number, 'kind:<tenant>:<kind>' per channel kind).
 create table private.send_slots (
@@ -456,4 +469,5 @@ grant all on public.channel_accounts, public.contacts, public.agent_availability
   public.conversations, public.messages, public.conversation_events, public.conversation_reads,
   public.message_templates, public.outbound_messages, public.ad_accounts, public.ad_objects,
   public.ad_insights_daily, public.conversion_events to service_role;
-grant all on private.inbound_events, private.channel_credentials, private.meta_apps, private.send_slots to service_role;
+grant all on private.inbound_events, private.channel_credentials, private.meta_apps, private.send_slots,
+  private.early_statuses to service_role;

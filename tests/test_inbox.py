@@ -394,3 +394,21 @@ def test_realtime_topics_and_guard(client, conn, db_url, meta_app):
     assert may_join(other, inbox_topic) is False          # the whole inbox: only those who see all
     assert may_join("supervisor@demo.luna.local", inbox_topic) is True
     assert may_join("supervisor@demo-2.luna.local", topic) is False
+
+
+def test_status_that_overtakes_the_send_answer_is_applied(client, conn, db_url, meta_app):
+    conv = _conversation_with_window(conn, 1)
+    fake = FakeWhatsApp()
+    fake.next_ids.append("wamid.EARLY1")
+    # The 'delivered' webhook arrives before our send call has returned the id.
+    post(client, wa_event(statuses=[{"id": "wamid.EARLY1", "status": "delivered", "timestamp": now_ts(),
+                                     "recipient_id": "905321112233"}]))
+    drain(db_url)
+    with serve(fake.app) as base:
+        _wa_channel_to(conn, base)
+        with as_user(conn, "agent@demo.luna.local") as cur:
+            m = cur.execute("select * from public.send_message(%s, 'Hızlı cevap')", (conv,)).fetchone()
+        drain(db_url, "inbox_outbound")
+    row = conn.execute("select status, provider_message_id, delivered_at from public.messages where id = %s", (m["id"],)).fetchone()
+    assert row["provider_message_id"] == "wamid.EARLY1" and row["status"] == "delivered" and row["delivered_at"]
+    assert conn.execute("select count(*) as n from private.early_statuses").fetchone()["n"] == 0

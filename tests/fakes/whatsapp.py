@@ -26,6 +26,7 @@ class FakeWhatsApp:
         self.templates: list[dict] = []
         self.created_templates: list[dict] = []
         self._plan: deque = deque()
+        self.next_ids: deque = deque()   # message ids to answer with (else random wamids)
         self._lock = threading.Lock()
         self.app = self._build()
 
@@ -66,8 +67,8 @@ class FakeWhatsApp:
             if planned:
                 status, answer, headers = planned
                 return JSONResponse(answer, status_code=status, headers=headers)
-            wamid = "wamid." + uuid.uuid4().hex
             with self._lock:
+                wamid = self.next_ids.popleft() if self.next_ids else "wamid." + uuid.uuid4().hex
                 self.sent.append({"phone_number_id": phone_number_id, "body": body, "id": wamid})
             return {"messaging_product": "whatsapp", "contacts": [{"input": body["to"], "wa_id": body["to"]}],
                     "messages": [{"id": wamid}]}
