@@ -269,3 +269,32 @@ def test_smtp_reply_through_outbound_queue(conn, db_url, dovecot, smtp_server):
     stored = conn.execute("select provider_message_id, status from public.messages where id = %s", (msg["id"],)).fetchone()
     assert stored["provider_message_id"] == sent["Message-ID"] and stored["status"] == "sent"
     assert str(conn.execute("select tenant_id from public.conversations where id = %s", (conv,)).fetchone()["tenant_id"]) == DEMO
+
+
+def test_uidvalidity_change_resyncs_the_folder(conn, db_url, dovecot):
+    from imapclient import IMAPClient
+
+    _configure(conn, dovecot)
+    conn.execute("""update public.channel_accounts set settings = jsonb_set(settings, '{folders}', '["Archive"]')
+                    where id = %s""", (EMAIL_CHANNEL,))
+    with IMAPClient(dovecot["host"], port=dovecot["port"], ssl=False) as c:
+        c.login(dovecot["user"], dovecot["password"])
+        if not c.folder_exists("Archive"):
+            c.create_folder("Archive")
+    _append(dovecot, "Archive", _mail("Eski", "eski@musteri.example", "<a1@musteri.example>", "arşiv"))
+    assert _sync(db_url)["stored"] == 1
+    before = conn.execute("select sync_state from public.channel_accounts where id = %s", (EMAIL_CHANNEL,)).fetchone()["sync_state"]["Archive"]
+    # The server recreates the folder: new UIDVALIDITY, UIDs start again at 1.
+    with IMAPClient(dovecot["host"], port=dovecot["port"], ssl=False) as c:
+        c.login(dovecot["user"], dovecot["password"])
+        c.delete_folder("Archive")
+        c.create_folder("Archive")
+    _append(dovecot, "Archive", _mail("Eski", "eski@musteri.example", "<a1@musteri.example>", "arşiv"))
+    _append(dovecot, "Archive", _mail("Yeni", "yeni@musteri.example", "<a2@musteri.example>", "yeni"))
+    result = _sync(db_url)
+    after = conn.execute("select sync_state from public.channel_accounts where id = %s", (EMAIL_CHANNEL,)).fetchone()["sync_state"]["Archive"]
+    assert after["uidvalidity"] != before["uidvalidity"] and after["uid"] == 2
+    # Both fetched again; the one already stored (same Message-ID) is not stored twice.
+    assert result["stored"] == 1
+    assert conn.execute("select count(*) as n from public.messages where provider_message_id in ('<a1@musteri.example>', '<a2@musteri.example>')"
+                        ).fetchone()["n"] == 2
