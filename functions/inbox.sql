@@ -879,7 +879,9 @@ declare
   tpl public.message_templates;
   existing public.messages;
   msg public.messages;
-  is_service boolean := coalesce((select auth.role()), '') = 'service_role' or current_user in ('service_role', 'postgres');
+  -- The calling role (security definer changes current_user, not the session's role setting): the
+  -- worker / service code (service_role, or a superuser session) acts for any tenant; users only for theirs.
+  is_service boolean := coalesce(current_setting('role', true), 'none') in ('service_role', 'none');
   key text := coalesce(idempotency_key, gen_random_uuid()::text);
   req jsonb;
   mtype text;
@@ -1417,7 +1419,9 @@ declare
   acc public.channel_accounts;
   pixel text;
   ev public.conversion_events;
-  is_service boolean := coalesce((select auth.role()), '') = 'service_role' or current_user in ('service_role', 'postgres');
+  -- The calling role (security definer changes current_user, not the session's role setting): the
+  -- worker / service code (service_role, or a superuser session) acts for any tenant; users only for theirs.
+  is_service boolean := coalesce(current_setting('role', true), 'none') in ('service_role', 'none');
 begin
   select * into ct from public.contacts c where c.id = contact;
   if ct.id is null or (not is_service and ct.tenant_id is distinct from (select private.tenant_id())) then

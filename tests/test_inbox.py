@@ -412,3 +412,21 @@ def test_status_that_overtakes_the_send_answer_is_applied(client, conn, db_url, 
     row = conn.execute("select status, provider_message_id, delivered_at from public.messages where id = %s", (m["id"],)).fetchone()
     assert row["provider_message_id"] == "wamid.EARLY1" and row["status"] == "delivered" and row["delivered_at"]
     assert conn.execute("select count(*) as n from private.early_statuses").fetchone()["n"] == 0
+
+
+def test_send_is_scoped_to_the_callers_tenant_and_assignment(conn):
+    import psycopg
+
+    conv = _conversation_with_window(conn, 1)   # demo's conversation, assigned to agent@demo
+    with pytest.raises(psycopg.errors.NoDataFound):
+        with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
+            cur.execute("select public.send_message(%s, 'başka kiracı')", (conv,))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with as_user(conn, "viewer@demo.luna.local", rollback=True) as cur:
+            cur.execute("select public.send_message(%s, 'izleyici')", (conv,))
+    conn.execute("update public.tenant_policies set agents_see_assigned_only = true where tenant_id = %s", (DEMO,))
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with as_user(conn, "agent2@demo.luna.local", rollback=True) as cur:
+            cur.execute("select public.send_message(%s, 'başkasının')", (conv,))
+    with as_user(conn, "agent@demo.luna.local", rollback=True) as cur:
+        assert cur.execute("select status from public.send_message(%s, 'benim')", (conv,)).fetchone()["status"] == "queued"
