@@ -402,7 +402,13 @@ as $$
 declare
   cust_lead uuid;
   result jsonb;
+  is_user boolean := coalesce(current_setting('role', true), 'none') not in ('service_role', 'none');
+  caller_tenant uuid := (select private.tenant_id());
 begin
+  -- Users: only their active tenant, with the inbox read permission; service code: any.
+  if is_user and (caller_tenant is null or not (select private.can('inbox', 'read'))) then
+    return '{}'::jsonb;
+  end if;
   if to_regclass('public.customers') is not null then
     execute 'select lead_id from public.customers where id = $1' into cust_lead using customer;
   end if;
@@ -417,9 +423,9 @@ begin
                     and m.direction <> 'internal'
                   order by m.created_at desc limit per_channel) m on true
     where (ct.customer_id = customer or (cust_lead is not null and ct.lead_id = cust_lead))
-      and ct.tenant_id = coalesce((select private.tenant_id()), ct.tenant_id)
+      and (not is_user or ct.tenant_id = caller_tenant)
       -- a caller limited to assigned conversations sees only those
-      and (auth.uid() is null or (select private.sees_all()) or v.assignee_id = (select auth.uid()))
+      and (not is_user or (select private.sees_all()) or v.assignee_id = (select auth.uid()))
     group by ct.channel) x;
   return result;
 end;
@@ -829,7 +835,9 @@ language sql
 security definer
 set search_path = ''
 as $$
-  select private.inbox_customer_unread(c.contact_id, null) from public.conversations c where c.id = conv
+  select private.inbox_customer_unread(c.contact_id, null) from public.conversations c
+  where c.id = conv
+    and (coalesce(current_setting('role', true), 'none') in ('service_role', 'none') or c.tenant_id = (select private.tenant_id()))
 $$;
 grant execute on function private.inbox_clear_unread(uuid) to authenticated, service_role;
 revoke execute on function public.mark_conversation_read(uuid) from public, anon;

@@ -57,3 +57,15 @@ def test_new_contact_becomes_a_lead_with_ctwa_attribution(client, conn, db_url, 
     with as_user(conn, "owner@demo.luna.local", rollback=True) as cur:
         row = cur.execute("select * from public.ad_cost_per_lead where ad_id = '120200000000001'").fetchone()
     assert row["spend"] == 1000 and row["leads"] == 1 and row["cost_per_lead"] == 1000
+
+
+def test_customer_messages_respect_the_callers_tenant(conn):
+    _needs(conn, "public.customers")
+    cust = conn.execute("insert into public.customers (tenant_id, full_name, phone) values (%s, 'Deniz Aksoy Test', '+905321119999') "
+                        "returning id", (DEMO,)).fetchone()["id"]
+    conn.execute("update public.contacts set customer_id = %s where id = '00000000-0000-4000-8006-000000000121'", (cust,))
+    with as_user(conn, "agent@demo.luna.local", rollback=True) as cur:
+        mine = cur.execute("select private.inbox_customer_messages(%s, 10) as h", (cust,)).fetchone()["h"]
+    assert len(mine["whatsapp"]) == 2   # the note is internal: not part of the history
+    with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
+        assert cur.execute("select private.inbox_customer_messages(%s, 10) as h", (cust,)).fetchone()["h"] == {}
