@@ -745,3 +745,16 @@ revoke execute on function public.approve_lead(uuid, text), public.reject_lead(u
   public.requeue_lead(uuid, text) from public, anon;
 grant execute on function public.approve_lead(uuid, text), public.reject_lead(uuid, text),
   public.requeue_lead(uuid, text) to authenticated, service_role;
+
+-- Successes counted by a worker's breaker cache (worker/leads/breaker.py), added in one call. A
+-- success also ends a run of failures, as private.breaker_record does.
+create or replace function private.breaker_add_successes(module text, n int) returns void
+language sql
+set search_path = ''
+as $$
+  update public.module_health
+  set success_count = success_count + n, error_count = 0, last_check = now()
+  where module_name = module and health_status = 'CLOSED'
+$$;
+revoke execute on function private.breaker_add_successes(text, int) from public, anon, authenticated;
+grant execute on function private.breaker_add_successes(text, int) to service_role;

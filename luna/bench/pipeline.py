@@ -4,6 +4,7 @@ offline AI (normalize -> enrich -> qualify), measured from the database's own re
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import tempfile
 import time
@@ -14,13 +15,25 @@ from . import bench, percentile, scratch_database
 @bench("pipeline")
 def run(quick: bool = False) -> dict:
     """Leads RAW -> QUALIFIED: leads_per_s and lead_p50_ms (per-lead processing time)."""
+    main = _run(1_000 if quick else 10_000, fakes=False)
+    with_fakes = _run(300 if quick else 2_000, fakes=True)
+    main["figures"]["fake_apis_leads_per_s"] = with_fakes["figures"]["leads_per_s"]
+    main["figures"]["fake_apis_lead_p50_ms"] = with_fakes["figures"]["lead_p50_ms"]
+    main["conditions"]["fake_apis"] = {
+        "leads": with_fakes["conditions"]["leads"],
+        "what": "second run: Apollo organization enrich + Hunter e-mail verifier enabled for the tenant, answered by "
+                "in-process fakes over HTTP (loopback uvicorn), every call through the shared circuit breaker",
+        "step_p50_ms": with_fakes["figures"]["step_p50_ms"], "outcome": with_fakes["conditions"]["outcome"]}
+    return main
+
+
+def _run(n: int, fakes: bool) -> dict:
     import psycopg
     from psycopg.rows import dict_row
 
     from luna.bench.ingest import write_csv
     from worker.leads.ingest import file_chunks, import_csv
 
-    n = 1_000 if quick else 10_000
     batch = 250
     tmp = tempfile.mkdtemp(prefix="luna-bench-pipeline-")
     path = os.path.join(tmp, "leads.csv")
@@ -32,6 +45,12 @@ def run(quick: bool = False) -> dict:
             # QUALIFIED, e.g. crm_sync, are removed in the scratch database).
             conn.execute("delete from private.lead_routes where status not in ('RAW', 'NORMALIZED', 'ENRICHED', 'TIMEOUT_DETECTED')")
             conn.execute("delete from leads")
+            server = None
+            if fakes:
+                server = _FakeApis()
+                for feature, key in (("leads.enrich.apollo", "apollo-key"), ("leads.validate.hunter", "hunter-key")):
+                    conn.execute("insert into tenant_features (tenant_id, feature, enabled, config) values (%s, %s, true, %s)",
+                                 (tenant, feature, json.dumps({"base_url": server.url, "api_key": key, "retries": 0})))
             imported = import_csv(conn, tenant, file_chunks(path))
             total = conn.execute("select count(*) as n from leads").fetchone()["n"]
             started = time.perf_counter()
@@ -48,6 +67,8 @@ def run(quick: bool = False) -> dict:
             cats = {r["c"]: r["n"] for r in conn.execute(
                 "select coalesce(lead_category, processing_status) as c, count(*) as n from leads group by 1").fetchall()}
             qualified = conn.execute("select count(*) as n from leads where qualified_at is not null").fetchone()["n"]
+            if server:
+                server.stop()
     os.remove(path)
     return {"bench": "pipeline",
             "figures": {"leads_per_s": round(qualified / elapsed, 1), "lead_p50_ms": round(percentile(per_lead, 50), 1),
@@ -81,3 +102,61 @@ async def _drain(url: str, total: int, batch: int) -> None:
     finally:
         worker.stop()
         await task
+
+
+def _fake_app():
+    """Apollo organization enrich and Hunter e-mail verifier, answering their documented shapes."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.get("/api/v1/organizations/enrich")
+    async def enrich(domain: str):
+        n = sum(map(ord, domain))
+        return {"organization": {"name": domain.split(".")[0], "primary_domain": domain,
+                                 "industry": "hospital & health care" if n % 3 == 0 else "furniture",
+                                 "estimated_num_employees": n % 1500, "city": "Istanbul", "country": "Turkey"}}
+
+    @app.get("/v2/email-verifier")
+    async def verify(email: str, api_key: str = ""):
+        bad = sum(map(ord, email)) % 20 == 0
+        return {"data": {"status": "invalid" if bad else "valid", "result": "undeliverable" if bad else "deliverable",
+                         "score": 10 if bad else 90, "email": email}, "meta": {"params": {"email": email}}}
+
+    return app
+
+
+def _serve_fakes(port: int) -> None:
+    import uvicorn
+
+    uvicorn.run(_fake_app(), host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+
+
+class _FakeApis:
+    """The fakes in their own process (so they do not share the worker's interpreter)."""
+
+    def __init__(self):
+        import multiprocessing
+        import socket
+
+        import httpx
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.process = multiprocessing.get_context("spawn").Process(target=_serve_fakes, args=(port,), daemon=True)
+        self.process.start()
+        self.url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{self.url}/v2/email-verifier?email=a@b.co", timeout=1)
+                break
+            except httpx.HTTPError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError("fake APIs did not start")
+                time.sleep(0.1)
+
+    def stop(self):
+        self.process.terminate()
+        self.process.join(timeout=10)

@@ -26,6 +26,7 @@ from worker.adapters.hunter import HunterAdapter
 from worker.adapters.web_search import WebSearchAdapter
 
 from . import LEADS
+from .breaker import cached
 
 ENRICHERS = {
     "leads.enrich.apollo": ("apollo", ApolloAdapter, "APOLLO_API_KEY"),
@@ -48,7 +49,7 @@ def adapter(ctx, cls, name: str, conf: dict, env_key: str):
 
     def make():
         a = cls(key, base_url=base, timeout=timeout, retries=retries, max_backoff=float(conf.get("max_backoff", 8)))
-        a.breaker = ctx.breaker
+        a.breaker = cached(ctx)
         return a
 
     return ctx.adapter(f"{name}:{base}:{key}", make)
@@ -160,7 +161,7 @@ async def qualify(ctx, row: dict) -> dict:
     if isinstance(p, ai.OfflineProvider):
         q = p.qualify_sync(lead, context)
     else:
-        async with ctx.breaker.guard("openai"):
+        async with cached(ctx).guard("openai"):
             q = await p.qualify(lead, context)
     cat = ai.category(q.score, int(context["hot"]), int(context["warm"]))
     status = {"OK": "QUALIFIED", "HUMAN": "HUMAN_REVIEW_NEEDED", "REJECT": "REJECTED"}[q.decision]
