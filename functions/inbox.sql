@@ -799,13 +799,17 @@ $$;
 revoke execute on function public.set_conversation_status(uuid, text, timestamptz) from public, anon;
 grant execute on function public.set_conversation_status(uuid, text, timestamptz) to authenticated, service_role;
 
+-- A timeline entry for a conversation of the caller's tenant (service code: any tenant).
 create or replace function private.inbox_timeline(tenant uuid, conv uuid, event text, data jsonb) returns void
 language sql
 security definer
 set search_path = ''
 as $$
   insert into public.conversation_events (tenant_id, conversation_id, event, actor_id, data)
-  values (tenant, conv, event, (select auth.uid()), data)
+  select c.tenant_id, c.id, event, (select auth.uid()), data
+  from public.conversations c
+  where c.id = conv and c.tenant_id = tenant
+    and (coalesce(current_setting('role', true), 'none') in ('service_role', 'none') or c.tenant_id = (select private.tenant_id()))
 $$;
 grant execute on function private.inbox_timeline(uuid, uuid, text, jsonb) to authenticated, service_role;
 
@@ -851,7 +855,16 @@ as $$
 #variable_conflict use_column
 declare
   c public.contacts;
+  same_tenant boolean;
 begin
+  -- The customer must be one the caller can see, in the contact's tenant (RLS applies: invoker).
+  if customer is not null and to_regclass('public.customers') is not null then
+    execute 'select exists (select 1 from public.customers x join public.contacts y on y.tenant_id = x.tenant_id
+                            where x.id = $1 and y.id = $2)' into same_tenant using customer, contact;
+    if not same_tenant then
+      raise exception 'customer not found' using errcode = 'P0002';
+    end if;
+  end if;
   update public.contacts set customer_id = customer where id = contact returning * into c;
   if c.id is null then
     raise exception 'contact not found' using errcode = 'P0002';

@@ -69,3 +69,20 @@ def test_customer_messages_respect_the_callers_tenant(conn):
     assert len(mine["whatsapp"]) == 2   # the note is internal: not part of the history
     with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
         assert cur.execute("select private.inbox_customer_messages(%s, 10) as h", (cust,)).fetchone()["h"] == {}
+
+
+def test_manual_link_and_timeline_forgery_refused(conn):
+    import psycopg
+
+    _needs(conn, "public.customers")
+    cust = conn.execute("insert into public.customers (tenant_id, full_name, phone) values (%s, 'Elle Bağlanan', '+905320000777') "
+                        "returning id", (DEMO,)).fetchone()["id"]
+    contact = "00000000-0000-4000-8006-000000000121"
+    with as_user(conn, "agent@demo.luna.local") as cur:
+        assert cur.execute("select customer_id from public.link_contact_customer(%s, %s)", (contact, cust)).fetchone()["customer_id"] == cust
+    with pytest.raises(psycopg.errors.NoDataFound):
+        with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
+            cur.execute("select public.link_contact_customer('00000000-0000-4000-8006-000000000221', %s)", (cust,))
+    with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
+        cur.execute("select private.inbox_timeline(%s, '00000000-0000-4000-8006-000000000131', 'forged', '{}')", (DEMO,))
+    assert conn.execute("select count(*) as n from public.conversation_events where event = 'forged'").fetchone()["n"] == 0
