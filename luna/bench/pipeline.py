@@ -22,7 +22,8 @@ def run(quick: bool = False) -> dict:
     main["conditions"]["fake_apis"] = {
         "leads": with_fakes["conditions"]["leads"],
         "what": "second run: Apollo organization enrich + Hunter e-mail verifier enabled for the tenant, answered by "
-                "in-process fakes over HTTP (loopback uvicorn), every call through the shared circuit breaker",
+                "fakes in a separate uvicorn process over loopback HTTP (2 calls per lead), every call guarded by the "
+                "circuit breaker (per-worker CLOSED-state cache); bound by HTTP client+server CPU on the 2 shared cores",
         "step_p50_ms": with_fakes["figures"]["step_p50_ms"], "outcome": with_fakes["conditions"]["outcome"]}
     return main
 
