@@ -629,6 +629,17 @@ begin
 end;
 $$;
 
+-- A Meta event of an object we do not handle: a permanent failure (kept, visible, never retried).
+create or replace function private.inbox_unknown_event(ev private.inbound_events) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+begin
+  raise exception 'unsupported webhook object %', coalesce(ev.payload ->> 'object', '(none)') using errcode = '22023';
+end;
+$$;
+grant execute on function private.inbox_unknown_event(private.inbound_events) to service_role;
+
 -- The worker's one call per claimed event.
 create or replace function private.process_inbound_event(event_id bigint) returns jsonb
 language plpgsql
@@ -642,6 +653,7 @@ begin
   return case
     when ev.provider = 'whatsapp' or ev.payload ->> 'object' = 'whatsapp_business_account' then private.process_whatsapp_event(ev)
     when ev.payload ->> 'object' in ('instagram', 'page') then private.process_meta_messaging_event(ev)
+    when ev.provider in ('meta', 'instagram', 'messenger') then private.inbox_unknown_event(ev)
     else private.process_normalized_event(ev)
   end;
 end;

@@ -430,3 +430,10 @@ def test_send_is_scoped_to_the_callers_tenant_and_assignment(conn):
             cur.execute("select public.send_message(%s, 'başkasının')", (conv,))
     with as_user(conn, "agent@demo.luna.local", rollback=True) as cur:
         assert cur.execute("select status from public.send_message(%s, 'benim')", (conv,)).fetchone()["status"] == "queued"
+
+
+def test_unknown_object_fails_permanently(client, conn, db_url, meta_app):
+    assert post(client, {"object": "permissions", "entry": [{"id": "1", "changes": []}]}).status_code == 200
+    drain(db_url)
+    ev = conn.execute("select status, attempts, last_error from private.inbound_events").fetchone()
+    assert ev["status"] == "failed" and ev["attempts"] == 1 and "unsupported webhook object" in ev["last_error"]
