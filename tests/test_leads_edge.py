@@ -135,3 +135,13 @@ async def test_meta_webhook_form_and_csv_end_as_one_lead(client, conn, db_url, m
     merges = conn.execute("select detail from processing_logs where lead_id = %s and action = 'merge' order by id",
                           (lead["id"],)).fetchall()
     assert [m["detail"]["source"] for m in merges] == ["csv", "meta"]
+
+
+def test_large_upload_uses_the_bulk_path(client, conn):
+    rows = ["firma,eposta,telefon"] + [f"Firma {i},info@firma{i}.com.tr,0532{i:07d}" for i in range(12000)]
+    r = client.post("/v1/leads/import", headers={**auth(conn), "Content-Type": "text/csv"},
+                    content=("\n".join(rows) + "\n").encode())
+    assert r.status_code == 200, r.text
+    assert r.json()["inserted"] == 12000 and r.json()["rejected"] == 0
+    assert conn.execute("""select count(*) as n from processing_logs p join leads l on l.id = p.lead_id
+                            where p.action = 'insert' and l.company_name like 'Firma %%'""").fetchone()["n"] == 12000

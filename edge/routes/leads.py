@@ -109,8 +109,6 @@ async def import_leads(request: Request):
     """A CSV file as the raw body (text/csv), streamed to disk, parsed and normalised off the event
     loop, COPYed into staging and merged in one set-based upsert. Returns rows, inserted, merged,
     rejected and errors [{line, reason}]."""
-    from worker.leads.ingest import ImportResult, file_chunks, import_csv_async, parse
-
     tenant, _ = await _caller_tenant(request)
     source = (request.query_params.get("source") or "csv")[:40]
     with tempfile.TemporaryFile() as spool:
@@ -121,20 +119,25 @@ async def import_leads(request: Request):
         if size == 0:
             raise ApiError(400, "empty_upload", "send the CSV file as the request body")
         spool.seek(0)
-        async with as_service(request) as conn:
-            region = await _tenant_region(conn, tenant)
-        result = ImportResult()
-
-        def parse_all():
-            def chunks():
-                while chunk := spool.read(1 << 20):
-                    yield chunk
-            return list(parse(chunks(), region, result))
-
-        rows = await asyncio.to_thread(parse_all)
-        async with as_service(request) as conn:
-            await import_csv_async(conn, tenant, rows, result, source=source)
+        # The bulk path is CPU work (decode, parse, normalise on a process pool) and one COPY: it runs
+        # in a thread on its own connection (as service_role), off the event loop.
+        result = await asyncio.to_thread(_import_sync, request.app.state.database_url, tenant, spool, source)
     return result.as_dict()
+
+
+def _import_sync(url: str, tenant: str, spool, source: str):
+    import psycopg
+    from psycopg.rows import dict_row
+
+    from worker.leads.ingest import import_csv
+
+    def chunks():
+        while chunk := spool.read(1 << 20):
+            yield chunk
+
+    with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
+        conn.execute("set role service_role")
+        return import_csv(conn, tenant, chunks(), source=source)
 
 
 # ----------------------------------------------------------------------------------- Meta Lead Ads

@@ -3,7 +3,7 @@ each row with luna.normalize (cached per distinct value), COPY the good rows int
 private.lead_staging and merge them with ONE set-based call (private.ingest_staged). Bad rows are
 reported by their line number in the file (the header is line 1).
 
-Used by `luna ingest csv`, `POST /v1/leads/import` and `luna bench ingest`.
+Used by `luna ingest csv`, `POST /v1/leads/import` (in a thread) and `luna bench ingest`.
 """
 
 from __future__ import annotations
@@ -124,7 +124,11 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        pool = ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context("fork"))
+        import threading
+
+        # fork is cheap but unsafe from a thread of a threaded server (edge runs this in a thread).
+        method = "fork" if threading.current_thread() is threading.main_thread() else "forkserver"
+        pool = ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context(method))
         outputs = pool.map(_normalize_chunk, ((spec, items) for items in jobs))
     else:
         outputs = (_normalize_chunk((spec, items)) for items in jobs)
@@ -214,20 +218,6 @@ def import_csv(conn, tenant: str, chunks: Iterable[bytes], source: str = "csv",
             counts = cur.execute("select * from private.ingest_staged(%s, %s, %s)", (batch, tenant, source)).fetchone()
     result.timings = {"parse_normalise_copy_s": round(staged - started, 2),
                       "upsert_s": round(time.perf_counter() - staged, 2)}
-    _count(result, counts)
-    return result
-
-
-async def import_csv_async(conn, tenant: str, rows: Iterable[tuple], result: ImportResult,
-                           source: str = "csv") -> ImportResult:
-    """The async half for edge: rows already parsed (parse() in a thread), staged with COPY, merged."""
-    batch = uuid.uuid4()
-    async with conn.cursor() as cur:
-        async with cur.copy(COPY_SQL) as copy:
-            for row in rows:
-                await copy.write_row((batch, *row))
-        await cur.execute("select * from private.ingest_staged(%s, %s, %s)", (batch, tenant, source))
-        counts = await cur.fetchone()
     _count(result, counts)
     return result
 
