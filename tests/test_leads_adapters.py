@@ -181,3 +181,40 @@ async def test_breaker_opens_leads_wait_then_recover(db_url, conn):
     row = conn.execute("select * from leads where id = %s", (lead,)).fetchone()
     assert row["qualified_at"] is not None and row["enrichment"]["employees"] == 320
     assert conn.execute("select health_status from module_health where module_name = 'apollo'").fetchone()["health_status"] == "CLOSED"
+
+
+async def test_mx_and_website_checks(db_url, conn, monkeypatch):
+    import dns.asyncresolver
+    import dns.resolver
+    from fastapi import FastAPI
+
+    looked_up = []
+
+    async def fake_resolve(domain, rdtype, lifetime=None):
+        looked_up.append((domain, rdtype))
+        if domain == "gulusdis.com.tr":
+            return ["10 mx.gulusdis.com.tr."]
+        raise dns.resolver.NXDOMAIN()
+
+    monkeypatch.setattr(dns.asyncresolver, "resolve", fake_resolve)
+    site = FastAPI()
+
+    @site.head("/")
+    async def home():
+        return {}
+
+    gulus = only_demo_lead(conn)
+    other = conn.execute("select lead_id from private.ingest_lead(%s, 'form', %s)",
+                         (DEMO, Jsonb({"company_name": "Yok Alan", "email": "ali@yokalan-xyz.com.tr", "phone": "05321112299",
+                                       "website": "http://127.0.0.1:9/"}))).fetchone()["lead_id"]
+    with serve(site) as base:
+        conn.execute("update leads set website = %s where id = %s", (base + "/", gulus))
+        enable(conn, "leads.validate.mx", {"timeout": 1})
+        enable(conn, "leads.validate.website", {"timeout": 1})
+        await run_until(db_url, settled(db_url))
+    g = conn.execute("select * from leads where id = %s", (gulus,)).fetchone()
+    o = conn.execute("select * from leads where id = %s", (other,)).fetchone()
+    assert g["validation"]["mx"] is True and g["validation"]["website_reachable"] is True
+    assert o["validation"]["mx"] is False and o["validation"]["website_reachable"] is False
+    assert "no_mx_record -15" in o["luna_ai_reason"] and "website_unreachable -5" in o["luna_ai_reason"]
+    assert ("gulusdis.com.tr", "MX") in looked_up
