@@ -366,6 +366,17 @@ def test_webchat_endpoint(client, conn, db_url):
     drain(db_url)
     row = conn.execute("select c.attribution, c.email from public.contacts c where c.handle = 'visitor-123456'").fetchone()
     assert row["attribution"]["utm_campaign"] == "kis" and row["email"] == "ziyaretci@example.com"
+    # An agent replies; the widget polls the visitor's conversation (notes never shown).
+    conv = conn.execute("select v.id from public.conversations v join public.contacts c on c.id = v.contact_id "
+                        "where c.handle = 'visitor-123456'").fetchone()["id"]
+    with as_user(conn, "supervisor@demo.luna.local") as cur:
+        cur.execute("select public.send_message(%s, 'Fiyat listemiz ektedir.')", (conv,))
+        cur.execute("select public.add_note(%s, 'sıcak müşteri')", (conv,))
+    drain(db_url, "inbox_outbound")
+    history = client.get("/v1/webchat/demo-widget-1/messages", params={"session_id": "visitor-123456"}).json()["messages"]
+    assert [(m["direction"], m["body"], m["status"]) for m in history] == [
+        ("inbound", "Fiyat listesi?", "received"), ("outbound", "Fiyat listemiz ektedir.", "sent")]
+    assert client.get("/v1/webchat/demo-widget-1/messages", params={"session_id": "someone-else"}).json()["messages"] == []
 
 
 # ------------------------------------------------------------------------------------------ realtime

@@ -141,6 +141,25 @@ async def webchat_message(widget_key: str, message: WebChatMessage, request: Req
     return {"received": True, "duplicate": not row["inserted"]}
 
 
+@router.get("/v1/webchat/{widget_key}/messages")
+async def webchat_history(widget_key: str, session_id: str, request: Request, since: str | None = None):
+    """The visitor's conversation (their messages and our replies, never internal notes), for the widget
+    to poll. The session id is the visitor's secret: the widget makes it random (a UUID) and keeps it."""
+    if len(session_id) < 8:
+        raise ApiError(422, "invalid_session", "session_id must be the widget's random visitor id")
+    async with as_service(request) as conn:
+        rows = await (await conn.execute("""
+            select m.id, m.direction, m.type, m.body, m.status, m.created_at
+            from public.channel_accounts a
+            join public.contacts ct on ct.tenant_id = a.tenant_id and ct.channel = 'webchat' and ct.handle = %s
+            join public.conversations v on v.tenant_id = a.tenant_id and v.contact_id = ct.id and v.channel_account_id = a.id
+            join public.messages m on m.tenant_id = v.tenant_id and m.conversation_id = v.id
+            where a.kind = 'webchat' and a.external_id = %s and a.active and m.direction in ('inbound', 'outbound')
+              and (%s::timestamptz is null or m.created_at > %s::timestamptz)
+            order by m.created_at, m.id limit 200""", (session_id, widget_key, since, since))).fetchall()
+    return {"messages": [{**r, "id": str(r["id"]), "created_at": r["created_at"].isoformat()} for r in rows]}
+
+
 class SendRequest(BaseModel):
     body: str | None = None
     template: dict | None = Field(default=None, description='{"name": ..., "language": ..., "variables": [...]}')
