@@ -81,12 +81,13 @@ def leads(tenant: Optional[str] = typer.Option(None, "--tenant", help="tenant sl
         return
     table = Table(title="leads")
     for col in ("tenant", "company_name", "contact_name", "source", "status", "category", "score", "decision", "sector"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(*[str(r[c]) if r[c] is not None else "" for c in
                         ("tenant", "company_name", "contact_name", "source", "status", "category", "score", "decision", "sector")])
-    Console().print(table)
-    Console().print("  ".join(f"{s['status']}: {s['n']}" for s in summary))
+    out = Console(width=None if Console().is_terminal else 160)
+    out.print(table)
+    out.print("  ".join(f"{s['status']}: {s['n']}" for s in summary))
 
 
 def register(app: typer.Typer) -> None:
