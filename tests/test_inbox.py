@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import DEMO, as_user
+from .conftest import DEMO, as_service, as_user
 from .fakes import serve
 from .fakes.whatsapp import FakeWhatsApp
 
@@ -448,3 +448,16 @@ def test_unknown_object_fails_permanently(client, conn, db_url, meta_app):
     drain(db_url)
     ev = conn.execute("select status, attempts, last_error from private.inbound_events").fetchone()
     assert ev["status"] == "failed" and ev["attempts"] == 1 and "unsupported webhook object" in ev["last_error"]
+
+
+def test_claim_spaces_sends_by_number_and_tenant_kind_limits(conn):
+    conv = _conversation_with_window(conn, 1)
+    conn.execute("update public.channel_accounts set settings = settings || '{\"rate_per_s\": 10}' where id = %s", (WA_CHANNEL,))
+    conn.execute("""update public.tenants set settings = settings || '{"inbox": {"rate_per_s": {"whatsapp": 4}}}' where id = %s""", (DEMO,))
+    with as_service(conn) as cur:
+        for i in range(3):
+            cur.execute("select public.send_message(%s, %s)", (conv, f"m{i}"))
+    with as_service(conn) as cur:
+        rows = cur.execute("select send_after from private.claim_outbound('w', 10, 60)").fetchall()
+    gaps = [(b["send_after"] - a["send_after"]).total_seconds() for a, b in zip(rows, rows[1:])]
+    assert len(rows) == 3 and all(abs(g - 0.25) < 0.02 for g in gaps), gaps   # the stricter (tenant) limit wins
