@@ -140,6 +140,10 @@ async def test_scheduled_pulls_and_slack_alerts(db_url, conn):
                          (DEMO, lead))
             assert await jobs.send_alerts(ctx) == 1
             assert "HUMAN_REVIEW_NEEDED" in smodes.calls[0]["text"] and "apollo answered HTTP 500" in smodes.calls[0]["text"]
+            notes = conn.execute("select n.kind, n.data, m.role from notifications n join tenant_members m "
+                                 "on m.user_id = n.user_id and m.tenant_id = n.tenant_id where n.kind = 'lead_alert'").fetchall()
+            assert {n["role"] for n in notes} == {"owner", "admin", "supervisor"}  # the CRM area's notifications
+            assert all(n["data"]["lead_id"] == str(lead) for n in notes)
             for a in ctx.adapters.values():
                 await a.aclose()
     finally:

@@ -1,6 +1,7 @@
 """Lead jobs and schedules: the Meta Lead Ads fetch (a leadgen webhook's field data from the Graph
 API), scheduled pulls (Apollo people search, Apify datasets, Google Places text search) and critical
-alerts (to realtime always, to Slack when the tenant enabled leads.alerts.slack)."""
+alerts (to realtime always, as in-app notifications for owners/admins/supervisors, and to Slack when
+the tenant enabled leads.alerts.slack)."""
 
 from __future__ import annotations
 
@@ -152,6 +153,8 @@ async def send_alerts(ctx) -> int:
         opened = await (await conn.execute(
             "select module_name, last_error from public.module_health where health_status = 'OPEN' "
             "and opened_at > now() - interval '30 seconds'")).fetchall()
+    if rows:
+        await _notify_supervisors(ctx, rows)
     sent = 0
     for r in rows:
         _last_alert_id = max(_last_alert_id, r["id"])
@@ -164,6 +167,24 @@ async def send_alerts(ctx) -> int:
             text = "; ".join(f"circuit breaker OPEN for {o['module_name']}: {o['last_error']}" for o in opened)
             sent += await _slack(ctx, hook, f":warning: {text}")
     return sent
+
+
+async def _notify_supervisors(ctx, rows) -> None:
+    """In-app notifications (the CRM area's public.notifications, when it exists) for each tenant's
+    owners, admins and supervisors."""
+    async with ctx.pool.connection() as conn:
+        exists = await (await conn.execute("select to_regclass('public.notifications') is not null as ok")).fetchone()
+        if not exists["ok"]:
+            return
+        await conn.execute("""
+            insert into public.notifications (tenant_id, user_id, kind, title, body, data)
+            select a.tenant_id, m.user_id, 'lead_alert', 'Lead needs attention: ' || a.module, a.error,
+                   jsonb_build_object('lead_id', a.lead_id, 'status', a.to_status, 'module', a.module)
+            from jsonb_to_recordset(%s) as a(tenant_id uuid, lead_id uuid, module text, to_status text, error text)
+            join public.tenant_members m on m.tenant_id = a.tenant_id and m.active
+                 and m.role in ('owner', 'admin', 'supervisor')""",
+            (Jsonb([{k: (str(r[k]) if r[k] is not None else None) for k in ("tenant_id", "lead_id", "module", "to_status", "error")}
+                    for r in rows]),))
 
 
 async def _slack(ctx, url: str, text: str) -> int:
