@@ -461,3 +461,22 @@ def test_claim_spaces_sends_by_number_and_tenant_kind_limits(conn):
         rows = cur.execute("select send_after from private.claim_outbound('w', 10, 60)").fetchall()
     gaps = [(b["send_after"] - a["send_after"]).total_seconds() for a, b in zip(rows, rows[1:])]
     assert len(rows) == 3 and all(abs(g - 0.25) < 0.02 for g in gaps), gaps   # the stricter (tenant) limit wins
+
+
+def test_agent_downloads_inbound_media_through_edge(client, conn, db_url, meta_app):
+    from .conftest import token_for
+
+    fake = FakeWhatsApp()
+    jpeg = b"\xff\xd8\xff\xe0" + b"x" * 1000
+    fake.media["1479537139650973"] = ("image/jpeg", jpeg)
+    with serve(fake.app) as base:
+        _wa_channel_to(conn, base)
+        post(client, wa_event([{"from": "905551112299", "id": "wamid.IMG1", "timestamp": now_ts(), "type": "image",
+                                "image": {"mime_type": "image/jpeg", "sha256": "abc", "id": "1479537139650973"}}]))
+        drain(db_url)
+        mid = conn.execute("select id from public.messages where provider_message_id = 'wamid.IMG1'").fetchone()["id"]
+        token = token_for(conn, "supervisor@demo.luna.local")
+        r = client.get(f"/v1/inbox/messages/{mid}/media/0", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200 and r.content == jpeg and r.headers["content-type"] == "image/jpeg"
+        other = token_for(conn, "owner@demo-2.luna.local")
+        assert client.get(f"/v1/inbox/messages/{mid}/media/0", headers={"Authorization": f"Bearer {other}"}).status_code == 404

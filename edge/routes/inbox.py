@@ -266,3 +266,53 @@ async def set_credentials(channel_id: str, req: CredentialsRequest, request: Req
             stored = f"vault:{vid}"
         await service.execute("select private.set_channel_secret(%s, %s)", (channel_id, stored))
     return Response(status_code=204)
+
+
+@router.get("/v1/inbox/messages/{message_id}/media/{index}")
+async def message_media(message_id: str, index: int, request: Request,
+                        conn: psycopg.AsyncConnection = Depends(as_user)):
+    """Stream an inbound WhatsApp attachment to an agent who may see the message (RLS decides), fetched
+    from the Cloud API with the channel's token (the token never leaves the server)."""
+    import httpx
+    from fastapi.responses import StreamingResponse
+
+    from worker.adapters.base import AdapterError
+    from worker.adapters.whatsapp import WhatsAppAdapter
+
+    row = await (await conn.execute(
+        "select m.attachments, v.channel_account_id from public.messages m join public.conversations v "
+        "on v.tenant_id = m.tenant_id and v.id = m.conversation_id where m.id = %s", (message_id,))).fetchone()
+    if row is None or index < 0 or index >= len(row["attachments"] or []):
+        raise ApiError(404, "not_found", "no such message attachment")
+    media_id = row["attachments"][index].get("provider_media_id")
+    if not media_id:
+        raise ApiError(404, "not_found", "this attachment has no provider media id")
+    ch, creds = await _channel_secret(request, str(row["channel_account_id"]), "whatsapp")
+    token = creds.get("access_token")
+    if not token:
+        raise ApiError(409, "no_credentials", "the channel has no access token")
+    adapter = WhatsAppAdapter((ch["settings"] or {}).get("base_url"))
+    try:
+        info = await adapter.media_info(media_id, token)
+    except AdapterError as exc:
+        raise ApiError(502, "provider_error", str(exc))
+    finally:
+        await adapter.aclose()
+    client = httpx.AsyncClient(timeout=30)
+    upstream = await client.send(client.build_request("GET", info["url"], headers={"Authorization": f"Bearer {token}"}),
+                                 stream=True)
+    if upstream.status_code != 200:
+        await upstream.aclose()
+        await client.aclose()
+        raise ApiError(502, "provider_error", f"media download answered HTTP {upstream.status_code}")
+
+    async def body():
+        try:
+            async for chunk in upstream.aiter_bytes():
+                yield chunk
+        finally:
+            await upstream.aclose()
+            await client.aclose()
+
+    return StreamingResponse(body(), media_type=info.get("mime_type") or "application/octet-stream",
+                             headers={"Cache-Control": "private, max-age=300"})

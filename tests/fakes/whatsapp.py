@@ -25,6 +25,7 @@ class FakeWhatsApp:
         self.sent: list[dict] = []
         self.templates: list[dict] = []
         self.created_templates: list[dict] = []
+        self.media: dict[str, tuple[str, bytes]] = {}   # media id -> (mime type, bytes)
         self._plan: deque = deque()
         self.next_ids: deque = deque()   # message ids to answer with (else random wamids)
         self._lock = threading.Lock()
@@ -72,6 +73,26 @@ class FakeWhatsApp:
                 self.sent.append({"phone_number_id": phone_number_id, "body": body, "id": wamid})
             return {"messaging_product": "whatsapp", "contacts": [{"input": body["to"], "wa_id": body["to"]}],
                     "messages": [{"id": wamid}]}
+
+        @app.get("/media-bin/{media_id}")
+        async def media_bytes(media_id: str, request: Request):
+            from fastapi.responses import Response
+
+            if request.headers.get("authorization") != f"Bearer {self.token}" or media_id not in self.media:
+                return unauthorized()
+            mime, data = self.media[media_id]
+            return Response(data, media_type=mime)
+
+        @app.get("/{version}/{media_id}")
+        async def media_info(version: str, media_id: str, request: Request):
+            if request.headers.get("authorization") != f"Bearer {self.token}":
+                return unauthorized()
+            if media_id not in self.media:
+                return JSONResponse({"error": {"message": "Unsupported get request.", "type": "GraphMethodException",
+                                               "code": 100, "error_subcode": 33, "fbtrace_id": "x"}}, status_code=400)
+            mime, data = self.media[media_id]
+            return {"messaging_product": "whatsapp", "url": str(request.base_url) + f"media-bin/{media_id}",
+                    "mime_type": mime, "sha256": "x", "file_size": len(data), "id": media_id}
 
         @app.get("/{version}/{waba_id}/message_templates")
         async def list_templates(version: str, waba_id: str, request: Request):

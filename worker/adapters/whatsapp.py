@@ -113,3 +113,9 @@ class WhatsAppAdapter(GraphAdapter):
                                           json={"name": name, "language": language, "category": category,
                                                 "components": components},
                                           headers={"Authorization": f"Bearer {token}"}), "id", module=self.module)
+
+    async def media_info(self, media_id: str, token: str) -> dict:
+        """GET /{media-id}: {"url", "mime_type", "sha256", "file_size", "id"} (the url lives 5 minutes and
+        needs the same bearer token)."""
+        return require(await self.request("GET", f"/{media_id}", headers={"Authorization": f"Bearer {token}"}),
+                       "url", module=self.module)
