@@ -57,8 +57,12 @@ as $$
                   'x:' || nullif(external_id, ''), 'c:' || nullif(lower(btrim(company)), ''))
 $$;
 
--- Priority engine: source, category and the tenant's rules (settings.leads.priority: {"<source>": bonus}).
-create or replace function private.lead_priority(source text, category text default null, rules jsonb default '{}')
+-- Priority engine (0-100, higher first): the source, the category, freshness (how old the lead was
+-- when it reached us, from the source's own timestamp) and the tenant's rules
+-- (settings.leads.priority: {"<source>": bonus}).
+drop function if exists private.lead_priority(text, text, jsonb);
+create or replace function private.lead_priority(source text, category text default null, rules jsonb default '{}',
+                                                 age interval default null)
 returns int
 language sql immutable
 set search_path = ''
@@ -67,7 +71,30 @@ as $$
     case source when 'inbox' then 75 when 'meta' then 70 when 'form' then 70 when 'manual' then 50
                 when 'apollo' then 40 when 'google_places' then 40 when 'apify' then 40 when 'csv' then 30 else 45 end
     + case category when 'HOT' then 20 when 'WARM' then 10 else 0 end
+    + case when age is null or age < interval '1 hour' then 0 when age < interval '1 day' then -5
+           when age < interval '7 days' then -10 else -20 end
     + coalesce((rules ->> source)::int, 0)))
+$$;
+
+-- The source's own timestamp of a lead (Meta's created_time as ISO text or epoch seconds,
+-- created_at); null when absent or unreadable.
+create or replace function private.lead_source_time(payload jsonb) returns timestamptz
+language plpgsql immutable
+set search_path = ''
+as $$
+declare
+  v text := coalesce(payload ->> 'created_time', payload ->> 'created_at');
+begin
+  if v is null or v = '' then
+    return null;
+  end if;
+  if v ~ '^\d{9,11}(\.\d+)?$' then
+    return to_timestamp(v::double precision);
+  end if;
+  return v::timestamptz;
+exception when others then
+  return null;
+end;
 $$;
 
 -- ---------------------------------------------------------------------------------------------
@@ -170,7 +197,8 @@ begin
     values (tenant, k, v ->> 'company_name', v ->> 'contact_name', v ->> 'email', v ->> 'phone', v ->> 'website',
             v ->> 'domain_cleaned', v ->> 'city', v ->> 'country', source, v ->> 'utm_source', v ->> 'utm_medium',
             v ->> 'utm_campaign', v ->> 'utm_content', v ->> 'utm_term', jsonb_build_object(source, payload),
-            private.lead_priority(source, null, coalesce(t.settings #> '{leads,priority}', '{}')))
+            private.lead_priority(source, null, coalesce(t.settings #> '{leads,priority}', '{}'),
+                                  now() - private.lead_source_time(payload)))
     returning id into new_id;
     insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
     values (tenant, new_id, 'ingest', 'insert', 'ok', 'RAW', jsonb_build_object('source', source));

@@ -132,3 +132,18 @@ def test_csv_decoding_and_copy_text():
     import uuid
     block = "".join(parse([data], "TR", ImportResult(), copy_batch=uuid.UUID(int=1)))
     assert block.count("\n") == 1 and "\\\\ters" in block and "\\n" in block  # escaped for COPY
+
+
+def test_priority_from_source_freshness_category_and_tenant_rules(conn):
+    def prio(payload, source="form"):
+        lead = ingest(conn, payload, source)["lead_id"]
+        return conn.execute("select current_orchestrator_priority as p from leads where id = %s", (lead,)).fetchone()["p"]
+
+    fresh = prio({"company_name": "Taze", "email": "a@taze.com"}, "meta")
+    stale = prio({"company_name": "Bayat", "email": "a@bayat.com", "created_time": "2026-01-01T10:00:00+0000"}, "meta")
+    epoch = prio({"company_name": "Dün", "email": "a@dun.com", "created_time": 1000000000}, "meta")
+    listed = prio({"company_name": "Liste", "email": "a@liste.com"}, "csv")
+    assert fresh == 70 and stale == 50 and epoch == 50 and listed == 30
+    conn.execute("update tenants set settings = '{\"leads\": {\"priority\": {\"csv\": 25}}}' where id = %s", (DEMO,))
+    assert prio({"company_name": "Liste 2", "email": "a@liste2.com"}, "csv") == 55
+    assert conn.execute("select private.lead_priority('form', 'HOT') as p").fetchone()["p"] == 90

@@ -44,6 +44,8 @@ class MetaGraphAdapter(HttpAdapter):
         if "contact_name" not in payload and (payload.get("first_name") or payload.get("last_name")):
             payload["contact_name"] = " ".join(p for p in (payload.get("first_name"), payload.get("last_name")) if p)
         payload["external_id"] = lead.get("id")
+        if lead.get("created_time"):
+            payload["created_time"] = lead["created_time"]
         payload["utm_source"] = "facebook"
         payload["utm_medium"] = "paid_social"
         if lead.get("campaign_id"):
