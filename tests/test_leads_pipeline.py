@@ -150,3 +150,15 @@ async def test_review_rpcs_store_the_human_verdict(db_url, conn):
     assert audit[0]["actor_role"] == "supervisor"
     acc = conn.execute("select * from lead_ai_accuracy where tenant_id = %s", (DEMO,)).fetchone()
     assert acc["reviewed"] == 2 and acc["agreed"] == 1
+
+
+def test_worker_claims_by_priority(conn):
+    conn.execute("delete from leads")
+    for source, name in (("csv", "Liste"), ("inbox", "DM"), ("form", "Form")):
+        conn.execute("select private.ingest_lead(%s, %s, %s)", (DEMO, source, psycopg.types.json.Jsonb(
+            {"company_name": name, "email": f"a@{name.lower()}.com"})))
+    conn.execute("set role service_role")
+    order = [conn.execute("select lead ->> 'company_name' as c from private.claim_leads('w', 1, 60)").fetchone()["c"]
+             for _ in range(3)]
+    conn.execute("reset role")
+    assert order == ["DM", "Form", "Liste"]
