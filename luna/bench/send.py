@@ -65,7 +65,7 @@ def send(quick: bool = False, rate: float = 80.0, workers: int = 2) -> dict:
     from luna import secrets
     from worker.runner import Worker
 
-    total = 20 if quick == "tiny" else 1_000 if quick else 10_000
+    total = 1_000 if quick else 10_000
     fake = _FakeCloudApi()
     server, thread, base = _serve(fake.app)
     try:
