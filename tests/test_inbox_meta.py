@@ -100,3 +100,28 @@ def test_insights_sync_and_conversions_api_dedup(conn, db_url):
     assert posted["event_id"] == f"Purchase:{contact}" and posted["action_source"] == "business_messaging"
     assert len(posted["user_data"]["ph"][0]) == 64 and posted["custom_data"]["value"] == 450
     assert conn.execute("select status from public.conversion_events where id = %s", (ev["id"],)).fetchone()["status"] == "sent"
+
+
+def test_messenger_message_postback_and_delivery(client, conn, db_url, meta_app):
+    from .conftest import DEMO
+
+    conn.execute("insert into public.channel_accounts (tenant_id, kind, name, external_id) values (%s, 'messenger', 'Sayfa', 'PAGE-1')",
+                 (DEMO,))
+    now_ms = int(time.time() * 1000)
+    body = {"object": "page", "entry": [{"id": "PAGE-1", "time": now_ms, "messaging": [
+        {"sender": {"id": "PSID-9"}, "recipient": {"id": "PAGE-1"}, "timestamp": now_ms,
+         "message": {"mid": "m_msg_1", "text": "Merhaba", "quick_reply": {"payload": "FIYAT"}}},
+        {"sender": {"id": "PSID-9"}, "recipient": {"id": "PAGE-1"}, "timestamp": now_ms + 1,
+         "postback": {"mid": "m_pb_1", "title": "Randevu al", "payload": "RANDEVU"}},
+        {"sender": {"id": "PSID-9"}, "recipient": {"id": "PAGE-1"}, "timestamp": now_ms + 2,
+         "message": {"mid": "m_msg_2", "attachments": [{"type": "image", "payload": {"url": "https://cdn.example/x.jpg"}}]},
+         "referral": {"ref": "kis", "ad_id": "6045246247433", "source": "ADS", "type": "OPEN_THREAD"}}]}]}
+    assert post(client, body).status_code == 200
+    drain(db_url)
+    rows = {r["provider_message_id"]: r for r in conn.execute(
+        "select m.* from public.messages m join public.conversations v on v.id = m.conversation_id "
+        "join public.contacts c on c.id = v.contact_id where c.handle = 'PSID-9'").fetchall()}
+    assert rows["m_msg_1"]["type"] == "interactive" and rows["m_pb_1"]["body"] == "Randevu al"
+    assert rows["m_msg_2"]["type"] == "media" and rows["m_msg_2"]["attachments"][0]["url"] == "https://cdn.example/x.jpg"
+    assert conn.execute("select count(distinct conversation_id) as n from public.messages where provider_message_id like 'm\\_%%'"
+                        ).fetchone()["n"] == 1
