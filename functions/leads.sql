@@ -503,12 +503,19 @@ begin
   with r as (
     -- the lease as it was (module, status claimed in, lease start), read before the update
     select u.id, coalesce(u.res, '{}'::jsonb) as res, coalesce(u.res -> 'set', '{}'::jsonb) as s,
-           l0.next_orchestrator_module as module, l0.claimed_status, l0.locked_at
+           l0.next_orchestrator_module as module, l0.claimed_status, l0.locked_at,
+           -- a move the status machine refuses is not applied: the lead goes to review instead of
+           -- failing the whole batch
+           (u.res ->> 'status' is null or u.res ->> 'status' in (l0.claimed_status, l0.processing_status)
+            or exists (select 1 from private.lead_transitions t
+                       where t.from_status = l0.processing_status and t.to_status = u.res ->> 'status')) as valid,
+           coalesce((select rt.failure_status from private.lead_routes rt where rt.status = l0.claimed_status),
+                    'HUMAN_REVIEW_NEEDED') as failure_status
     from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as u(id, res)
     join public.leads l0 on l0.id = u.id and l0.locked_by = worker and l0.locked_until is not null
   ), upd as (
     update public.leads l set
-      processing_status = coalesce(r.res ->> 'status', l.claimed_status),
+      processing_status = case when r.valid then coalesce(r.res ->> 'status', l.claimed_status) else r.failure_status end,
       company_name = case when r.s ? 'company_name' then r.s ->> 'company_name' else l.company_name end,
       contact_name = case when r.s ? 'contact_name' then r.s ->> 'contact_name' else l.contact_name end,
       email = case when r.s ? 'email' then r.s ->> 'email' else l.email end,
@@ -532,16 +539,21 @@ begin
       current_orchestrator_priority = case when r.s ? 'lead_category'
         then private.lead_priority(l.source, r.s ->> 'lead_category') else l.current_orchestrator_priority end,
       qualified_at = case when r.res ->> 'status' = 'QUALIFIED' then now() else l.qualified_at end,
-      resume_status = null, last_error = null, attempts = 0,
+      resume_status = null, attempts = 0,
+      last_error = case when r.valid then null
+                        else format('handler %s returned a refused move %s -> %s', r.module, l.processing_status, r.res ->> 'status') end,
       locked_by = null, locked_until = null, locked_at = null, claimed_status = null, next_attempt_at = now()
     from r
     where l.id = r.id
-    returning l.id, l.tenant_id, l.processing_status, r.res, r.module, r.claimed_status, r.locked_at
+    returning l.id, l.tenant_id, l.processing_status, r.res, r.module, r.claimed_status, r.locked_at, r.valid, l.last_error
   )
   insert into pg_temp.lead_done (id, tenant_id, module, from_status, to_status, action, result, duration_ms, detail)
   select upd.id, upd.tenant_id, coalesce(upd.module, 'worker'), upd.claimed_status, upd.processing_status,
-         coalesce(upd.res ->> 'action', upd.module, 'step'), coalesce(upd.res ->> 'result', 'ok'),
-         (extract(epoch from clock_timestamp() - upd.locked_at) * 1000)::int, coalesce(upd.res -> 'detail', '{}')
+         coalesce(upd.res ->> 'action', upd.module, 'step'),
+         case when upd.valid then coalesce(upd.res ->> 'result', 'ok') else 'error' end,
+         (extract(epoch from clock_timestamp() - upd.locked_at) * 1000)::int,
+         coalesce(upd.res -> 'detail', '{}') || case when upd.valid then '{}'::jsonb
+                                                 else jsonb_build_object('error', upd.last_error) end
   from upd;
   get diagnostics n = row_count;
   if n = 0 then

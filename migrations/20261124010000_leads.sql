@@ -42,6 +42,10 @@ select f, t from (values
   ('TIMEOUT_DETECTED', 'QUALIFIED'), ('TIMEOUT_DETECTED', 'CRM_SYNCED'), ('TIMEOUT_DETECTED', 'NURTURING'),
   ('TIMEOUT_DETECTED', 'HUMAN_REVIEW_NEEDED'), ('TIMEOUT_DETECTED', 'REJECTED')
 ) as v(f, t);
+-- Every status that can hold a lease may time out, or be sent to a person.
+insert into private.lead_transitions (from_status, to_status)
+select s.status, 'HUMAN_REVIEW_NEEDED' from private.lead_statuses s where s.kind in ('flow', 'working')
+on conflict do nothing;
 -- Every status that can hold a lease may time out.
 insert into private.lead_transitions (from_status, to_status)
 select s.status, 'TIMEOUT_DETECTED' from private.lead_statuses s where s.kind in ('flow', 'working')

@@ -162,3 +162,21 @@ def test_worker_claims_by_priority(conn):
              for _ in range(3)]
     conn.execute("reset role")
     assert order == ["DM", "Form", "Liste"]
+
+
+def test_refused_move_goes_to_review_without_failing_the_batch(conn):
+    add_leads(conn, 2)
+    conn.execute("set role service_role")
+    claimed = conn.execute("select id from private.claim_leads('w', 100, 60)").fetchall()
+    ids = [c["id"] for c in claimed]
+    good = {"status": "NORMALIZED", "action": "normalize"}
+    bad = {"status": "COMPLETED", "action": "normalize"}  # RAW -> COMPLETED is not a transition
+    n = conn.execute("select private.complete_leads('w', %s, %s::jsonb[]) as n",
+                     (ids, [psycopg.types.json.Jsonb(bad)] + [psycopg.types.json.Jsonb(good)] * (len(ids) - 1))).fetchone()["n"]
+    conn.execute("reset role")
+    assert n == len(ids)
+    first = conn.execute("select * from leads where id = %s", (ids[0],)).fetchone()
+    assert first["processing_status"] == "HUMAN_REVIEW_NEEDED" and "RAW -> COMPLETED" in first["last_error"]
+    assert {r["processing_status"] for r in conn.execute("select processing_status from leads where id = any(%s)", (ids[1:],))} == {"NORMALIZED"}
+    log = conn.execute("select result, detail from processing_logs where lead_id = %s order by id desc limit 1", (ids[0],)).fetchone()
+    assert log["result"] == "error" and "refused move" in log["detail"]["error"]
