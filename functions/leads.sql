@@ -493,13 +493,9 @@ as $$
 #variable_conflict use_variable
 declare
   n int;
+  sent int;
 begin
-  create temporary table if not exists lead_done (
-    id uuid primary key, tenant_id uuid, module text, from_status text, to_status text, action text,
-    result text, duration_ms int, detail jsonb
-  ) on commit drop;
-  truncate pg_temp.lead_done;
-
+  -- One statement: apply the moves, log them, add the metrics, broadcast per tenant.
   with r as (
     -- the lease as it was (module, status claimed in, lease start), read before the update
     select u.id, coalesce(u.res, '{}'::jsonb) as res, coalesce(u.res -> 'set', '{}'::jsonb) as s,
@@ -546,34 +542,32 @@ begin
     from r
     where l.id = r.id
     returning l.id, l.tenant_id, l.processing_status, r.res, r.module, r.claimed_status, r.locked_at, r.valid, l.last_error
+  ),
+  done as (
+    select upd.id, upd.tenant_id, coalesce(upd.module, 'worker') as module, upd.claimed_status as from_status,
+           upd.processing_status as to_status, coalesce(upd.res ->> 'action', upd.module, 'step') as action,
+           case when upd.valid then coalesce(upd.res ->> 'result', 'ok') else 'error' end as result,
+           (extract(epoch from clock_timestamp() - upd.locked_at) * 1000)::int as duration_ms,
+           coalesce(upd.res -> 'detail', '{}') || case when upd.valid then '{}'::jsonb
+                                                   else jsonb_build_object('error', upd.last_error) end as detail
+    from upd
+  ), logs as (
+    insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, duration_ms, detail)
+    select d.tenant_id, d.id, d.module, d.action, d.result, d.from_status, d.to_status, d.duration_ms, d.detail
+    from done d
+  ), metrics as (
+    insert into public.system_metrics as m (tenant_id, module, bucket, processed, errors, total_ms, max_ms)
+    select d.tenant_id, d.module, date_trunc('minute', now()), count(*), count(*) filter (where d.result = 'error'),
+           coalesce(sum(d.duration_ms), 0), coalesce(max(d.duration_ms), 0)
+    from done d group by d.tenant_id, d.module
+    on conflict (tenant_id, module, bucket) do update
+      set processed = m.processed + excluded.processed, errors = m.errors + excluded.errors,
+          total_ms = m.total_ms + excluded.total_ms, max_ms = greatest(m.max_ms, excluded.max_ms)
+  ), broadcasts as (
+    select private.broadcast('tenant:' || x.tenant_id || ':leads', 'leads_advanced', jsonb_build_object('count', x.n))
+    from (select d.tenant_id, count(*) as n from done d group by d.tenant_id) x
   )
-  insert into pg_temp.lead_done (id, tenant_id, module, from_status, to_status, action, result, duration_ms, detail)
-  select upd.id, upd.tenant_id, coalesce(upd.module, 'worker'), upd.claimed_status, upd.processing_status,
-         coalesce(upd.res ->> 'action', upd.module, 'step'),
-         case when upd.valid then coalesce(upd.res ->> 'result', 'ok') else 'error' end,
-         (extract(epoch from clock_timestamp() - upd.locked_at) * 1000)::int,
-         coalesce(upd.res -> 'detail', '{}') || case when upd.valid then '{}'::jsonb
-                                                 else jsonb_build_object('error', upd.last_error) end
-  from upd;
-  get diagnostics n = row_count;
-  if n = 0 then
-    return 0;
-  end if;
-
-  insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, duration_ms, detail)
-  select d.tenant_id, d.id, d.module, d.action, d.result, d.from_status, d.to_status, d.duration_ms, d.detail
-  from pg_temp.lead_done d;
-
-  insert into public.system_metrics as m (tenant_id, module, bucket, processed, errors, total_ms, max_ms)
-  select d.tenant_id, d.module, date_trunc('minute', now()), count(*), 0, coalesce(sum(d.duration_ms), 0),
-         coalesce(max(d.duration_ms), 0)
-  from pg_temp.lead_done d group by d.tenant_id, d.module
-  on conflict (tenant_id, module, bucket) do update
-    set processed = m.processed + excluded.processed, total_ms = m.total_ms + excluded.total_ms,
-        max_ms = greatest(m.max_ms, excluded.max_ms);
-
-  perform private.broadcast('tenant:' || x.tenant_id || ':leads', 'leads_advanced', jsonb_build_object('count', x.n))
-  from (select d.tenant_id, count(*) as n from pg_temp.lead_done d group by d.tenant_id) x;
+  select (select count(*) from done), (select count(*) from broadcasts) into n, sent;
   return n;
 end;
 $$;
