@@ -148,3 +148,27 @@ async def test_scheduled_pulls_and_slack_alerts(db_url, conn):
                 await a.aclose()
     finally:
         await pool.close()
+
+
+async def test_pipeline_with_openai_provider_and_enrichment_switched_off(db_url, conn, monkeypatch):
+    from worker.leads import handlers
+
+    from .test_leads_adapters import only_demo_lead
+    from .test_leads_pipeline import run_until, settled
+
+    answer = json.dumps({"score": 41, "decision": "OK", "reason": "Klinik, kurumsal e-posta.",
+                         "sector_category": "Sağlık", "company_size_category": "Orta"})
+    app, seen = openai_fake(answer)
+    lead = only_demo_lead(conn)
+    conn.execute("insert into tenant_features (tenant_id, feature, enabled) values (%s, 'leads.enrichment', false)", (DEMO,))
+    with serve(app) as base:
+        monkeypatch.setattr(handlers, "_provider", ai.OpenAIProvider("sk-test", base_url=f"{base}/v1", model="gpt-test"))
+        await run_until(db_url, settled(db_url))
+    row = conn.execute("select * from leads where id = %s", (lead,)).fetchone()
+    assert (row["ai_provider"], row["ai_model"], row["ai_prompt_version"]) == ("openai", "gpt-test", ai.PROMPT_VERSION)
+    assert row["luna_ai_score"] == 41 and row["lead_category"] == "WARM" and row["company_size_category"] == "Orta"
+    assert row["qualified_at"] is not None and len(seen) == 1
+    enrich = conn.execute("select detail from processing_logs where lead_id = %s and module = 'enrich'", (lead,)).fetchone()
+    assert enrich["detail"] == {"skipped": "leads.enrichment is off"}
+    qualify = conn.execute("select detail from processing_logs where lead_id = %s and module = 'qualify'", (lead,)).fetchone()
+    assert qualify["detail"]["provider"] == "openai" and qualify["detail"]["model"] == "gpt-test"
