@@ -109,20 +109,29 @@ async def test_scheduled_pulls_and_slack_alerts(db_url, conn):
     from worker.leads import jobs
     from worker.runner import open_pool
 
+    from .fakes import apollo
+
     aapp, _ = apify.make_app()
+    papp, pmodes = apollo.make_app()
     gapp, gmodes = google_places.make_app()
     sapp, smodes = slack.make_app()
     pool = await open_pool(db_url)
     try:
-        with serve(aapp) as abase, serve(gapp) as gbase, serve(sapp) as sbase:
+        with serve(aapp) as abase, serve(gapp) as gbase, serve(sapp) as sbase, serve(papp) as pbase:
             conn.execute("""insert into lead_sources (tenant_id, kind, name, config, pull_every_seconds) values
-                (%s, 'apify', 'Apify oteller', %s, 3600), (%s, 'google_places', 'Places', %s, 3600)""",
+                (%s, 'apify', 'Apify oteller', %s, 3600), (%s, 'google_places', 'Places', %s, 3600),
+                (%s, 'apollo', 'Apollo arama', %s, 3600)""",
                 (DEMO, Jsonb({"base_url": abase, "api_key": "apify-token", "dataset_id": "ds1"}),
-                 DEMO, Jsonb({"base_url": gbase, "api_key": "places-key", "text_query": "diş kliniği izmir"})))
+                 DEMO, Jsonb({"base_url": gbase, "api_key": "places-key", "text_query": "diş kliniği izmir"}),
+                 DEMO, Jsonb({"base_url": pbase, "api_key": "apollo-key", "query": {"q_keywords": "diş"}})))
             ctx = Ctx(pool)
             await jobs.pull_due_sources(ctx)
-            leads = {r["company_name"]: r for r in conn.execute("select * from leads where source in ('apify', 'google_places')")}
-            assert set(leads) == {"Deniz Otel", "Kuzey Lojistik", "Ege Diş Kliniği"}
+            leads = {r["company_name"]: r for r in conn.execute("select * from leads where source in ('apify', 'google_places', 'apollo')")}
+            assert set(leads) == {"Deniz Otel", "Kuzey Lojistik", "Ege Diş Kliniği", "Ak Yapı"}
+            # Apollo's Gülüş Diş person merged into the seeded clinic (same domain), no duplicate
+            gulus = conn.execute("select raw from leads where domain_cleaned = 'gulusdis.com.tr'").fetchall()
+            assert len(gulus) == 1 and "apollo" in gulus[0]["raw"]
+            assert pmodes.calls[0]["body"]["q_keywords"] == "diş"
             assert leads["Ege Diş Kliniği"]["phone"] == "+902324445566" and leads["Deniz Otel"]["domain_cleaned"] == "denizotel.com.tr"
             assert gmodes.calls[0]["body"]["textQuery"] == "diş kliniği izmir"
             pulled = conn.execute("select last_pulled_at, last_error from lead_sources where kind = 'apify'").fetchone()
