@@ -78,6 +78,8 @@ def _run(n: int, fakes: bool) -> dict:
             "conditions": {"leads": total, "qualified": qualified, "outcome": cats, "imported": imported.inserted,
                            "worker": f"1 worker process, batch {batch} (LUNA_BENCH_BATCH), claim/complete set-based per batch",
                            "ai": "offline rules provider",
+                           "routes": "RAW, NORMALIZED, ENRICHED, TIMEOUT_DETECTED only: other areas' routes after "
+                                     "QUALIFIED (crm_sync) are removed in the scratch database",
                            "enrichment": "leads.enrichment step on, no external provider enabled for the tenant "
                                          "(Apollo/Clearbit/web search/Hunter/MX off: no fake-API calls in this figure)",
                            "lead_p50_ms": "per lead, the sum of its three steps' lease time (claim -> batch complete); "
