@@ -541,6 +541,19 @@ create trigger append_only before update or delete on audit.events
 create trigger append_only_truncate before truncate on audit.events
   for each statement execute function audit.refuse_change();
 
+-- A header's address as inet, or null when it is not one (a proxy may send a name or garbage;
+-- the audit record must still be written).
+create or replace function audit.try_inet(value text) returns inet
+language plpgsql immutable
+set search_path = ''
+as $$
+begin
+  return trim(value)::inet;
+exception when others then
+  return null;
+end;
+$$;
+
 -- Who is acting and from where, as PostgREST / edge put it in the request settings.
 create or replace function audit.request_context() returns jsonb
 language sql stable
@@ -571,7 +584,7 @@ begin
   insert into audit.events (tenant_id, seq, actor_id, actor_role, action, resource_type, resource_id,
                             before, after, ip, user_agent, correlation_id, hash)
   values (tenant, 0, (ctx ->> 'actor_id')::uuid, ctx ->> 'actor_role', action, resource_type, resource_id,
-          before, after, (ctx ->> 'ip')::inet, ctx ->> 'user_agent', ctx ->> 'correlation_id', '');
+          before, after, audit.try_inet(ctx ->> 'ip'), ctx ->> 'user_agent', ctx ->> 'correlation_id', '');
 end;
 $$;
 grant execute on function audit.record(uuid, text, text, text, jsonb, jsonb) to authenticated, service_role;

@@ -109,3 +109,11 @@ def test_concurrent_writers_keep_one_chain(db_url):
     with psycopg.connect(db_url) as c:
         assert c.execute("select count(*) from audit.verify(%s)", (DEMO,)).fetchone()[0] == 0
         assert c.execute("select count(*) from audit.events where action = 'ping'").fetchone()[0] == 100
+
+
+def test_a_non_address_forwarded_for_still_audits(conn):
+    """A proxy that sends a host name (or garbage) must not make audited writes fail."""
+    with as_user(conn, "owner@demo.luna.local", headers={"x-forwarded-for": "testclient"}) as cur:
+        cur.execute("update public.tenant_policies set mfa_required = true where tenant_id = %s", (DEMO,))
+    event = conn.execute("select ip, after from audit.events where resource_type = 'public.tenant_policies' order by id desc limit 1").fetchone()
+    assert event["ip"] is None and event["after"]["mfa_required"] is True

@@ -212,3 +212,38 @@ async def test_open_breaker_makes_work_wait_not_fail(db_url, conn):
     await task
     job = conn.execute("select status, attempts, run_at > now() as later from private.jobs").fetchone()
     assert job == {"status": "queued", "attempts": 0, "later": True}
+
+
+async def test_a_failed_completion_does_not_stop_the_claim_loop(db_url, conn):
+    """If settling a batch raises, the loop lives on and later jobs still run."""
+
+    ran = []
+
+    @JOBS.handler("probe.after")
+    async def after(ctx, job):
+        ran.append(job["id"])
+
+    w = Worker(db_url, worker_id="sturdy", poll_seconds=0.1, queues=["jobs"])
+    original = w._settle
+    calls = {"n": 0}
+
+    async def flaky_settle(q, rows, tasks):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("simulated completion failure")
+        return await original(q, rows, tasks)
+
+    w._settle = flaky_settle
+    task = asyncio.create_task(w.run())
+    conn.execute("select private.enqueue_job('probe.after')")
+    while calls["n"] < 1:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(0.2)
+    conn.execute("select private.enqueue_job('probe.after')")
+    deadline = time.monotonic() + 10
+    while conn.execute("select count(*) as n from private.jobs where status = 'succeeded'").fetchone()["n"] < 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.05)
+    w.stop()
+    await task
+    assert len(ran) == 2

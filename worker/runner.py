@@ -129,7 +129,16 @@ class Worker:
                 rows = []
                 await asyncio.sleep(1)
             if rows:
-                await self.process(q, rows)
+                try:
+                    await self.process(q, rows)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # Completing the batch failed (say, a rule refused one row's move). The loop must
+                    # live on: the batch's leases expire and the rescuer hands the rows back.
+                    log.error("settling a %s batch failed: %s", q.name, exc)
+                    await asyncio.sleep(1)
+                    continue
                 if len(rows) >= self.batch:
                     continue  # more may be waiting: claim again at once
             wake.clear()
