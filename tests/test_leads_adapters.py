@@ -123,7 +123,35 @@ async def test_enrichment_and_validation_through_the_pipeline(db_url, conn):
     assert row["enrichment"]["employees"] == 320 and row["company_size_category"] == "Büyük"
     assert row["validation"]["hunter"]["result"] == "deliverable"
     assert "email_verified +10" in row["luna_ai_reason"] and "large_company +10" in row["luna_ai_reason"]
-    assert [c["domain"] for c in modes.calls] == ["gulusdis.com.tr"] and len(hmodes.calls) == 1
+    assert [c["domains"] for c in modes.calls] == [["gulusdis.com.tr"]] and len(hmodes.calls) == 1
+
+
+async def test_apollo_lookups_of_concurrent_leads_share_bulk_calls():
+    """Lookups made together go out as bulk requests of at most 10 domains; unknown ones are None."""
+    import asyncio
+
+    from worker.adapters.base import KeyBatcher
+
+    app, modes = apollo.make_app({f"firma{i}.com.tr": {"name": f"Firma {i}", "estimated_num_employees": i}
+                                  for i in range(23)})
+    with serve(app) as base:
+        a = ApolloAdapter("apollo-key", base_url=base, retries=0)
+        batcher = KeyBatcher(a.enrich_organizations, 10)
+        domains = [f"firma{i}.com.tr" for i in range(23)] + ["yok.com.tr", "firma1.com.tr"]
+        found = await asyncio.gather(*(batcher.get(d) for d in domains))
+        await a.aclose()
+    assert [f["employees"] if f else None for f in found] == list(range(23)) + [None, 1]
+    sizes = sorted(len(c["domains"]) for c in modes.calls)
+    assert sizes == [4, 10, 10] and all(c["path"] == "bulk_enrich" for c in modes.calls)
+
+    app, modes = apollo.make_app()
+    modes.queue = ["500"]
+    with serve(app) as base:
+        a = ApolloAdapter("apollo-key", base_url=base, retries=0)
+        batcher = KeyBatcher(a.enrich_organizations, 10)
+        results = await asyncio.gather(*(batcher.get(d) for d in ("a.com", "b.com")), return_exceptions=True)
+        await a.aclose()
+    assert all("HTTP 500" in str(r) for r in results), "every lead of a failed bulk call sees the failure"
 
 
 async def test_undeliverable_email_rejects_lead_without_phone(db_url, conn):

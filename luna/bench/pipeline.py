@@ -22,7 +22,7 @@ def run(quick: bool = False) -> dict:
     main["conditions"]["fake_apis"] = {
         "leads": with_fakes["conditions"]["leads"], "worker": with_fakes["conditions"]["worker"],
         "what": "second run: Apollo organization enrich + Hunter e-mail verifier enabled for the tenant, answered by "
-                "fakes in a separate uvicorn process over loopback HTTP (2 calls per lead), every call guarded by the "
+                "fakes in a separate uvicorn process over loopback HTTP (Apollo bulk enrich: one call per 10 leads; Hunter: one call per lead), every call guarded by the "
                 "circuit breaker (per-worker CLOSED-state cache); bound by HTTP client+server CPU on the 2 shared cores",
         "step_p50_ms": with_fakes["figures"]["step_p50_ms"], "outcome": with_fakes["conditions"]["outcome"]}
     return main
@@ -113,12 +113,22 @@ def _fake_app():
 
     app = FastAPI()
 
+    def org(domain: str) -> dict:
+        n = sum(map(ord, domain))
+        return {"name": domain.split(".")[0], "primary_domain": domain,
+                "industry": "hospital & health care" if n % 3 == 0 else "furniture",
+                "estimated_num_employees": n % 1500, "city": "Istanbul", "country": "Turkey"}
+
     @app.get("/api/v1/organizations/enrich")
     async def enrich(domain: str):
-        n = sum(map(ord, domain))
-        return {"organization": {"name": domain.split(".")[0], "primary_domain": domain,
-                                 "industry": "hospital & health care" if n % 3 == 0 else "furniture",
-                                 "estimated_num_employees": n % 1500, "city": "Istanbul", "country": "Turkey"}}
+        return {"organization": org(domain)}
+
+    @app.post("/api/v1/organizations/bulk_enrich")
+    async def bulk_enrich(body: dict):
+        domains = body.get("domains") or []
+        return {"status": "success", "total_requested_domains": len(domains), "unique_domains": len(set(domains)),
+                "unique_enriched_records": len(domains), "missing_records": 0,
+                "organizations": [org(d) for d in domains]}
 
     @app.get("/v2/email-verifier")
     async def verify(email: str, api_key: str = ""):

@@ -1,9 +1,13 @@
-"""Apollo.io: organization enrichment (GET /api/v1/organizations/enrich?domain=) and people search
+"""Apollo.io: organization enrichment (GET /api/v1/organizations/enrich?domain=, and in bulk
+POST /api/v1/organizations/bulk_enrich with up to 10 domains) and people search
 for scheduled pulls (POST /api/v1/mixed_people/search). Auth: X-Api-Key header."""
 
 from __future__ import annotations
 
 from .base import AdapterError, HttpAdapter, require
+
+
+BULK_LIMIT = 10
 
 
 class ApolloAdapter(HttpAdapter):
@@ -22,6 +26,23 @@ class ApolloAdapter(HttpAdapter):
                 return None
             raise
         org = require(body, "organization", module=self.module)["organization"]
+        return self._reduce(org, body)
+
+    async def enrich_organizations(self, domains: list[str]) -> dict[str, dict | None]:
+        """Bulk enrichment (1-10 domains per call): domain -> reduced organization, None when unknown."""
+        if not 1 <= len(domains) <= BULK_LIMIT:
+            raise ValueError(f"apollo bulk enrich takes 1 to {BULK_LIMIT} domains")
+        body = await self.request("POST", "/api/v1/organizations/bulk_enrich", json={"domains": domains})
+        orgs = require(body, "organizations", module=self.module)["organizations"]
+        if not isinstance(orgs, list):
+            raise AdapterError("apollo organizations is not a list", code="wrong_schema", body=body)
+        found = {}
+        for org in orgs:
+            if isinstance(org, dict) and org.get("primary_domain"):
+                found[str(org["primary_domain"]).lower()] = self._reduce(org, body)
+        return {d: found.get(d.lower()) for d in domains}
+
+    def _reduce(self, org, body) -> dict | None:
         if not org:
             return None
         if not isinstance(org, dict):

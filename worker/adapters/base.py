@@ -136,3 +136,50 @@ def _short(body: Any) -> str:
 
 
 __all__ = ["HttpAdapter", "AdapterError", "Permanent", "require", "RETRYABLE_STATUS"]
+
+
+class KeyBatcher:
+    """Coalesces single-key lookups made at the same moment into bulk calls.
+
+    The claim loop runs a batch's handlers concurrently; each asks for one key (a domain, say) and
+    this gathers the keys asked within `wait` seconds into calls of at most `limit` keys, so a bulk
+    endpoint answers many leads in one request. A failed bulk call fails every lookup in it.
+    """
+
+    def __init__(self, fetch_many, limit: int, wait: float = 0.005):
+        self.fetch_many = fetch_many
+        self.limit = limit
+        self.wait = wait
+        self._pending: dict[str, list[asyncio.Future]] = {}
+        self._flush: asyncio.Task | None = None
+
+    async def get(self, key: str):
+        future = asyncio.get_running_loop().create_future()
+        self._pending.setdefault(key, []).append(future)
+        if self._flush is None or self._flush.done():
+            self._flush = asyncio.create_task(self._run())
+        return await future
+
+    async def _run(self) -> None:
+        await asyncio.sleep(self.wait)
+        pending, self._pending = self._pending, {}
+        keys = list(pending)
+        chunks = [keys[i:i + self.limit] for i in range(0, len(keys), self.limit)]
+        await asyncio.gather(*(self._call(chunk, pending) for chunk in chunks))
+
+    async def _call(self, chunk: list[str], pending: dict) -> None:
+        try:
+            found = await self.fetch_many(chunk)
+        except BaseException as exc:  # every waiter of this chunk sees the same failure
+            for key in chunk:
+                for f in pending[key]:
+                    if not f.done():
+                        f.set_exception(exc)
+            return
+        for key in chunk:
+            for f in pending[key]:
+                if not f.done():
+                    f.set_result(found.get(key))
+
+
+__all__.append("KeyBatcher")

@@ -20,7 +20,8 @@ import os
 
 from luna import ai
 from luna.normalize import domain_from, is_free_mail, normalize_email, normalize_phone, tr_title
-from worker.adapters.apollo import ApolloAdapter
+from worker.adapters.apollo import BULK_LIMIT, ApolloAdapter
+from worker.adapters.base import KeyBatcher
 from worker.adapters.clearbit import ClearbitAdapter
 from worker.adapters.hunter import HunterAdapter
 from worker.adapters.web_search import WebSearchAdapter
@@ -53,6 +54,11 @@ def adapter(ctx, cls, name: str, conf: dict, env_key: str):
         return a
 
     return ctx.adapter(f"{name}:{base}:{key}", make)
+
+
+def apollo_batcher(ctx, a: ApolloAdapter) -> KeyBatcher:
+    """Leads of one claimed batch share Apollo's bulk enrichment (10 domains per request)."""
+    return ctx.adapter(f"apollo-batcher:{id(a)}", lambda: KeyBatcher(a.enrich_organizations, BULK_LIMIT))
 
 
 # ------------------------------------------------------------------------------------------ normalize
@@ -101,7 +107,7 @@ async def enrich(ctx, row: dict) -> dict:
             if query:
                 calls.append((name, a.search(query)))
         elif domain:
-            calls.append((name, a.enrich_organization(domain) if name == "apollo" else a.company(domain)))
+            calls.append((name, apollo_batcher(ctx, a).get(domain) if name == "apollo" else a.company(domain)))
     if calls:
         results = await asyncio.gather(*(c for _, c in calls), return_exceptions=True)
         for (name, _), res in zip(calls, results):
