@@ -1072,11 +1072,13 @@ select private.enable_rls('tags', 'crm', null);
 
 -- Customer-linked tables: the customer's visibility decides (an agent limited to assigned customers
 -- sees their notes, activities, reminders, timeline only).
+select private.enable_rls('activities', 'crm', null);
+select private.enable_rls('notes', 'crm', null);
+select private.enable_rls('reminders', 'crm', null);
 do $$
 declare t text;
 begin
   foreach t in array array['activities', 'notes', 'reminders'] loop
-    perform private.enable_rls(t, 'crm', null);
     execute format('alter policy tenant_select on public.%I using (tenant_id = (select private.tenant_id())
       and (select private.can(''crm'', ''read'')) and ((select private.sees_all()) or %s))', t,
       case when t = 'reminders' then 'owner_id = (select auth.uid()) or private.crm_can_see_customer(customer_id)'
@@ -1128,12 +1130,17 @@ alter policy tenant_insert on public.notifications
               and (select private.tenant_user_ids()) @> array[user_id]);
 
 -- Configuration: everyone in the tenant reads; those who manage CRM settings write.
+select private.enable_rls('pipelines', 'crm', null);
+select private.enable_rls('pipeline_stages', 'crm', null);
+select private.enable_rls('stage_transitions', 'crm', null);
+select private.enable_rls('activity_types', 'crm', null);
+select private.enable_rls('crm_settings', 'crm', null);
+select private.enable_rls('assignment_rules', 'crm', null);
 do $$
 declare t text;
 begin
   foreach t in array array['pipelines', 'pipeline_stages', 'stage_transitions', 'activity_types',
                            'crm_settings', 'assignment_rules'] loop
-    perform private.enable_rls(t, 'crm', null);
     execute format($p$alter policy tenant_insert on public.%I with check (tenant_id = (select private.tenant_id())
       and (select private.can('crm', 'manage')))$p$, t);
     execute format($p$alter policy tenant_update on public.%I using (tenant_id = (select private.tenant_id())
