@@ -6,7 +6,6 @@ import asyncio
 import importlib
 import json
 import pkgutil
-import sys
 from typing import Optional
 
 import typer

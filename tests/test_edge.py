@@ -1,7 +1,6 @@
 """Edge: JWT verification (HS256 and JWKS), one JSON error format, body limits, health, OpenAPI."""
 
 import json
-import time
 
 import jwt
 import pytest
@@ -122,7 +121,6 @@ def test_jwks_asymmetric_tokens(db_url, conn, monkeypatch):
 def test_database_errors_keep_sqlstate(client, conn):
     """A rule violation raised PostgREST's way maps to its HTTP status and code."""
     import psycopg
-    from fastapi import Request
 
     from edge import errors
 

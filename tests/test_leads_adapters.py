@@ -2,8 +2,6 @@
 with Retry-After, 500, malformed JSON, wrong schema. In the pipeline a failing provider makes the
 lead wait (breaker open) or retry and then go to HUMAN_REVIEW_NEEDED: it never vanishes."""
 
-import asyncio
-import json
 import time
 
 import psycopg

@@ -4,7 +4,6 @@ hashed embeddings; scheduled pulls and Slack alerts through their fakes."""
 
 import json
 
-import psycopg
 import pytest
 from fastapi import FastAPI, Request
 from psycopg.types.json import Jsonb

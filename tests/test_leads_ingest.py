@@ -1,7 +1,6 @@
 """Ingestion: the one SQL ingestion function, dedupe and merge rules, the set-based bulk path,
 CSV edge cases (bad rows reported by line, Windows-1254, BOM, quoted commas), re-upload."""
 
-import json
 
 import psycopg
 import pytest

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 
 from worker.errors import BreakerOpen, JobError
-from worker.registry import JOBS, Queue
+from worker.registry import JOBS
 from worker.runner import Worker, open_pool
 
 

@@ -244,7 +244,7 @@ def board(quick: bool = False) -> dict:
         "realtime_sse_p95_ms": round(percentile(sse_ms, 95), 2) if sse_ms else None,
         "realtime_sse_median_ms": round(median(sse_ms), 2) if sse_ms else None,
         "realtime_sse_lost": sse_lost},
-        "conditions": {
+        "conditions": {"moves_wrote": dict(zip(("timeline", "notifications", "hooks"), counts)),
             "cards": cards, "cards_shown": shown, "board_json_bytes": board_bytes, "stages": 7, "board_iterations": board_iterations,
             "move_iterations": move_iterations, "board_caller": "supervisor (sees all), as PostgREST: set role + claims, one transaction, the json text "
                             "fetched (board_parsed_p95_ms adds decoding it in Python)",
