@@ -5,14 +5,15 @@
  */
 
 -- ---------------------------------------------------------------------------------------------
--- Normalisers (idempotent on values luna/normalize.py produced)
+-- Normalisers (idempotent on values luna/normalize.py produced). Identifiers are case-folded by
+-- private.fold_identifier (locale-independent), never by lower() under the database's locale.
 -- ---------------------------------------------------------------------------------------------
 create or replace function private.clean_email(raw text) returns text
 language sql immutable
 set search_path = ''
 as $$
   select case when e ~ '^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$' then e end
-  from (select lower(btrim(replace(raw, 'mailto:', ''))) as e) x
+  from (select btrim(regexp_replace(private.fold_identifier(btrim(raw)), '^mailto:', '')) as e) x
 $$;
 
 create or replace function private.clean_phone(raw text, region text default 'TR') returns text
@@ -36,10 +37,10 @@ set search_path = ''
 as $$
   with hosts as (
     select 1 as ord, regexp_replace(split_part(split_part(split_part(
-             regexp_replace(lower(btrim(website)), '^[a-z][a-z0-9+.-]*://', ''), '/', 1), '?', 1), ':', 1),
+             regexp_replace(private.fold_identifier(btrim(website)), '^[a-z][a-z0-9+.-]*://', ''), '/', 1), '?', 1), ':', 1),
              '^www\.', '') as host
     union all
-    select 2, lower(split_part(private.clean_email(email), '@', 2))
+    select 2, split_part(private.clean_email(email), '@', 2)
   )
   select h.host from hosts h
   where h.host ~ '^[^.\s]+(\.[^.\s]+)+$'
@@ -54,7 +55,7 @@ language sql immutable
 set search_path = ''
 as $$
   select coalesce('d:' || nullif(domain, ''), 'e:' || nullif(email, ''), 'p:' || nullif(phone, ''),
-                  'x:' || nullif(external_id, ''), 'c:' || nullif(lower(btrim(company)), ''))
+                  'x:' || nullif(external_id, ''), 'c:' || private.name_key(company))
 $$;
 
 -- Priority engine (0-100, higher first): the source, the category, freshness (how old the lead was

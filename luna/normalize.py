@@ -80,6 +80,39 @@ def tr_title(text: str) -> str:
     return " ".join(tr_upper(w[:1]) + tr_lower(w[1:]) for w in text.split())
 
 
+def fold_identifier(text: str) -> str:
+    """Case-fold an identifier (e-mail address, domain, URL, user name, code) locale-independently:
+    Unicode default lower-casing, so "I" -> "i" whatever the language; Turkish letter rules never apply
+    (they would turn GMAIL.COM into the dotless "gmaıl.com"). "İ" (U+0130) -> "i" rather than the
+    default "i" + U+0307, since an upper-case address typed on a Turkish keyboard means the plain i.
+    The SQL twin is private.fold_identifier (migrations/20261202010000_identifiers.sql)."""
+    text = text.replace("\u0130", "i").lower()
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
+
+
+# One form for quote, double-quote, dash and space variants; invisible characters dropped. The same
+# table is in private.name_key (migrations/20261202010000_identifiers.sql).
+_NAME_SINGLE = "\u2019\u2018\u201a\u201b`\u00b4\u02bc\u02b9\u2032"
+_NAME_DOUBLE = "\u201c\u201d\u201e\u201f\u2033\u00ab\u00bb"
+_NAME_DASH = "\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63"
+_NAME_SPACE = "\u00a0\u1680" + "".join(chr(c) for c in range(0x2000, 0x200b)) + "\u202f\u205f\u3000\t\n\r\x0b\x0c"
+_NAME_INVISIBLE = "\u200b\u200c\u200d\u2060\ufeff\u00ad"
+_NAME_TABLE = str.maketrans({**{c: "'" for c in _NAME_SINGLE}, **{c: '"' for c in _NAME_DOUBLE},
+                             **{c: "-" for c in _NAME_DASH}, **{c: " " for c in _NAME_SPACE},
+                             **{c: None for c in _NAME_INVISIBLE}})
+_SPACES = re.compile(" {2,}")
+
+
+def name_key(value) -> str | None:
+    """The matching form of a company or person name (issue 9, item 3): NFKC, one form for quote,
+    dash and space variants, invisible characters dropped, spaces collapsed, Turkish lower-case.
+    "Ayşe’nin\u00a0Butiği" -> "ayşe'nin butiği". Same answer as private.name_key in SQL."""
+    if value is None:
+        return None
+    text = unicodedata.normalize("NFKC", str(value)).translate(_NAME_TABLE)
+    return tr_lower(_SPACES.sub(" ", text).strip(" ")) or None
+
+
 def clean_text(value) -> str | None:
     """Trim, NFC-normalise and collapse whitespace; empty -> None."""
     if value is None:
@@ -148,12 +181,14 @@ def _valid_mail_domain(domain: str) -> bool:
 
 @lru_cache(maxsize=200_000)
 def normalize_email(raw) -> str | None:
-    """A syntactically valid address, lower-cased (Turkish-aware), international domains kept; no DNS.
+    """A syntactically valid address, case-folded locale-independently (fold_identifier), international
+    domains kept; no DNS.
     None when invalid."""
     text = clean_text(raw)
     if not text:
         return None
-    text = tr_lower(text.removeprefix("mailto:").strip())
+    text = fold_identifier(text.strip())
+    text = text.removeprefix("mailto:").strip()
     if text.isascii():
         # Fast path for plain ASCII addresses: the local part checked by pattern, the domain by
         # email-validator once per distinct domain.
@@ -168,7 +203,7 @@ def normalize_email(raw) -> str | None:
         result = validate_email(text, check_deliverability=False)
     except EmailNotValidError:
         return None
-    return tr_lower(result.normalized)
+    return fold_identifier(result.normalized)
 
 
 @lru_cache(maxsize=200_000)
@@ -185,7 +220,7 @@ def clean_domain(value) -> str | None:
     text = clean_text(value)
     if not text:
         return None
-    text = tr_lower(text)
+    text = fold_identifier(text)
     text = re.sub(r"^[a-z][a-z0-9+.-]*://", "", text)
     text = text.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
     text = text.rsplit("@", 1)[-1].split(":", 1)[0].strip(".")
@@ -227,32 +262,46 @@ def unique_lead_id(domain: str | None, email: str | None, phone: str | None,
         return "p:" + phone
     if external_id:
         return "x:" + external_id
-    if company_name:
-        return "c:" + tr_lower(company_name)
+    if company_name and name_key(company_name):
+        return "c:" + name_key(company_name)
     return None
 
 
 # ------------------------------------------------------------------------------------------ records
 def header_columns(header: list[str]) -> list[str | None]:
-    """The standard column each header names (None for columns we keep only in the raw payload)."""
-    seen: set[str] = set()
-    columns: list[str | None] = []
-    for name in header:
-        column = HEADER_ALIASES.get(fold_header(name or ""))
-        if column in seen:
-            column = None
-        if column:
-            seen.add(column)
-        columns.append(column)
-    return columns
+    """The standard column each header names (None for columns we keep only in the raw payload).
+    Two headers naming one column (`phone,phone`, `Telefon,GSM`) both map to it; their values are
+    coalesced by `pick_values` (first non-empty wins), never dropped."""
+    return [HEADER_ALIASES.get(fold_header(name or "")) for name in header]
+
+
+def pick_values(columns: list[str | None], values: list[str]) -> dict:
+    """{standard column: value} for one row: where several columns name one standard column, the
+    first non-empty value (issue 9, item 7: a number in the second `phone` column is used)."""
+    picked: dict = {}
+    for column, value in zip(columns, values):
+        if column and (column not in picked or not (picked[column] or "").strip()):
+            picked[column] = value
+    return picked
+
+
+def raw_keys(header: list[str]) -> list[str]:
+    """Unique keys for the raw payload: a repeated header name gets " (2)", " (3)" ..., so raw keeps
+    every column's value."""
+    seen: dict[str, int] = {}
+    keys = []
+    for i, name in enumerate(header):
+        name = name or f"col{i}"
+        seen[name] = seen.get(name, 0) + 1
+        keys.append(name if seen[name] == 1 else f"{name} ({seen[name]})")
+    return keys
 
 
 def normalize_record(row: dict, region: str = "TR") -> tuple[dict, list[str]]:
     """Map one raw row (any common header spelling) to the standard lead columns. Returns
     (lead, problems); a row with problems is rejected by bulk imports (each problem a short reason)."""
     keys = [k for k in row if k is not None]
-    columns = header_columns(keys)
-    return normalize_values({c: row[k] for k, c in zip(keys, columns) if c}, region)
+    return normalize_values(pick_values(header_columns(keys), [row[k] for k in keys]), region)
 
 
 def normalize_values(values: dict, region: str = "TR") -> tuple[dict, list[str]]:
@@ -329,5 +378,5 @@ def iter_text(chunks: Iterable[bytes], encoding: str | None = None) -> Iterable[
 
 
 __all__ = ["normalize_phone", "normalize_email", "domain_from", "clean_domain", "is_free_mail", "unique_lead_id",
-           "normalize_record", "normalize_values", "header_columns", "tr_lower", "tr_upper", "tr_title", "clean_text", "sniff_encoding", "iter_text",
+           "normalize_record", "normalize_values", "header_columns", "pick_values", "raw_keys", "fold_identifier", "name_key", "tr_lower", "tr_upper", "tr_title", "clean_text", "sniff_encoding", "iter_text",
            "FREE_MAIL_DOMAINS", "STANDARD_COLUMNS"]

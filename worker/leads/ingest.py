@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from luna.normalize import header_columns, iter_text, normalize_values
+from luna.normalize import header_columns, iter_text, normalize_values, pick_values, raw_keys
 
 STAGE_COLUMNS = ("batch", "line", "unique_lead_id", "company_name", "contact_name", "email", "phone", "website",
                  "domain_cleaned", "city", "country", "utm_source", "utm_medium", "utm_campaign", "utm_content",
@@ -152,18 +152,18 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
 def _normalize_chunk(args) -> tuple[list[tuple], list[tuple[int, str]], int]:
     (region, columns, header, batch), items = args
     width = len(header)
-    mapped = [(i, c) for i, c in enumerate(columns) if c]
+    keys = raw_keys(header)
     dumps = json.dumps
     rows, errors = [], []
     for line, values in items:
         if len(values) > width and any(v.strip() for v in values[width:]):
             errors.append((line, f"{len(values)} fields where the header has {width} (unquoted comma?)"))
             continue
-        lead, problems = normalize_values({c: values[i] for i, c in mapped if i < len(values)}, region)
+        lead, problems = normalize_values(pick_values(columns, values), region)
         if problems:
             errors.append((line, "; ".join(problems)))
             continue
-        raw = {header[i] or f"col{i}": v for i, v in enumerate(values[:width]) if v}
+        raw = {keys[i]: v for i, v in enumerate(values[:width]) if v}
         rows.append((line, lead["unique_lead_id"], lead.get("company_name"), lead.get("contact_name"),
                      lead.get("email"), lead.get("phone"), lead.get("website"), lead.get("domain_cleaned"),
                      lead.get("city"), lead.get("country"), lead.get("utm_source"), lead.get("utm_medium"),
