@@ -262,8 +262,8 @@ def unique_lead_id(domain: str | None, email: str | None, phone: str | None,
         return "p:" + phone
     if external_id:
         return "x:" + external_id
-    if company_name and name_key(company_name):
-        return "c:" + name_key(company_name)
+    if company_name and (key := name_key(company_name)):
+        return "c:" + key
     return None
 
 

@@ -55,7 +55,8 @@ begin
                             or r.domain_cleaned = split_part(r.email, '@', 2)
                        then private.clean_domain(r.website, fixed) else r.domain_cleaned end;
     new_key := case when r.unique_lead_id in ('e:' || r.email, 'd:' || coalesce(r.domain_cleaned, ''))
-                    then coalesce('d:' || new_domain, 'e:' || fixed) else r.unique_lead_id end;
+                    then private.lead_key(new_domain, fixed, r.phone, null, r.company_name)
+                    else r.unique_lead_id end;
     begin
       update public.leads set email = fixed, domain_cleaned = new_domain, unique_lead_id = new_key where id = r.id;
     exception when unique_violation then
