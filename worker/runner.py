@@ -8,6 +8,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import traceback
 import uuid
@@ -91,7 +92,23 @@ class Worker:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await self.release_all()
             await self.close()
+
+    async def release_all(self) -> int:
+        """Hand back every row this worker still holds on each of its queues (leases it will not finish).
+        Returns how many rows went back; a failure is logged, the leases then expire as usual."""
+        total = 0
+        if self._pool is None:
+            return 0
+        for q in self.queues:
+            try:
+                async with self.pool.connection(timeout=5) as conn:
+                    row = await (await conn.execute(f"select {q.release}(%s, null) as n", (self.worker_id,))).fetchone()
+                    total += row["n"] or 0
+            except Exception as exc:
+                log.error("handing back %s rows failed: %s", q.name, exc)
+        return total
 
     async def close(self) -> None:
         for adapter in getattr(self, "context", Context(None, None, None, "")).adapters.values():
@@ -128,6 +145,10 @@ class Worker:
                 log.error("claim from %s failed: %s", q.name, exc)
                 rows = []
                 await asyncio.sleep(1)
+            if rows and self._stop.is_set():
+                # The signal came while the claim ran: none of these has started, hand them all back.
+                await asyncio.shield(self._release(q, [row["id"] for row in rows]))
+                break
             if rows:
                 try:
                     await self.process(q, rows)
@@ -168,7 +189,7 @@ class Worker:
     async def _settle(self, q: Queue, rows: list[dict], tasks: list[asyncio.Task]) -> None:
         done_ids, results, released = [], [], []
         for row, task in zip(rows, tasks):
-            if task.cancelled():
+            if task.cancelled() or task.result() is _NOT_STARTED:
                 released.append(row["id"])
             elif isinstance(task.result(), _Done):
                 done_ids.append(row["id"])
@@ -179,13 +200,20 @@ class Worker:
                 await conn.execute(f"select {q.complete}(%s, %s::{q.id_type}[], %s::jsonb[])",
                                    (self.worker_id, done_ids, results))
                 self.processed += len(done_ids)
-            if released:
-                await conn.execute(f"select {q.release}(%s, %s::{q.id_type}[])", (self.worker_id, released))
+        if released:
+            await self._release(q, released)
+
+    async def _release(self, q: Queue, ids: list) -> None:
+        async with self.pool.connection() as conn:
+            await conn.execute(f"select {q.release}(%s, %s::{q.id_type}[])", (self.worker_id, ids))
 
     async def _run_one(self, q: Queue, row: dict):
         key = row.get(q.dispatch_column)
         handler = q.handlers.get(key)
         async with self._slots:
+            if self._stop.is_set():
+                # Shutting down: a row that has not started yet goes back to the queue, not to a handler.
+                return _NOT_STARTED
             try:
                 if handler is None:
                     raise JobError(f"no handler registered for {q.name} {q.dispatch_column}={key!r}", retryable=False)
@@ -221,6 +249,9 @@ class Worker:
         return total
 
 
+_NOT_STARTED = object()
+
+
 class _Done:
     __slots__ = ("result",)
 
@@ -248,6 +279,23 @@ async def run_worker(url: str, *, with_scheduler: bool = True, stop: asyncio.Eve
                                   coalesce=True, **trigger)
         scheduler.start()
     runner = asyncio.create_task(worker.run())
+    if stop is None:
+        # `luna worker` on its own: SIGTERM (systemd, container stop), SIGINT (Ctrl-C) and SIGHUP all
+        # stop claiming at once; in-flight handlers get the grace period, the rest is handed back.
+        # (Under `luna up`, uvicorn owns the signals and sets `stop`.)
+        loop = asyncio.get_running_loop()
+
+        def _on_signal(signame: str) -> None:
+            log.info("%s: stopping the worker", signame)
+            if scheduler.running:
+                scheduler.pause()
+            worker.stop()
+
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            try:
+                loop.add_signal_handler(sig, _on_signal, sig.name)
+            except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / not POSIX
+                pass
     try:
         if stop is None:
             await runner
