@@ -154,7 +154,10 @@ $$;
 
 -- Link a contact to a CRM customer by phone / e-mail (issue 5's customers), or create a lead for a
 -- new contact through the lead pipeline (source = channel). Both areas are optional: without their
--- functions the contact simply stays unlinked.
+-- functions the contact simply stays unlinked. Called when a contact is created and again when it
+-- gains a phone or e-mail it did not have (a WhatsApp user first seen by business-scoped id only):
+-- a contact with neither never matches anything by them (null never equals null), and its lead is
+-- keyed by the channel identity (external_id = channel:scoped id or handle).
 create or replace function private.inbox_link_contact(contact uuid) returns void
 language plpgsql
 set search_path = ''
@@ -164,18 +167,22 @@ declare
   c public.contacts;
   found_customer uuid;
   lead record;
+  lead_key text;
+  lead_payload jsonb;
 begin
   select * into c from public.contacts where id = contact;
-  if c.customer_id is not null or c.lead_id is not null then
+  if c.id is null or c.customer_id is not null then
     return;
   end if;
-  -- Another contact of the same person (same phone / e-mail) already linked: reuse its links.
-  select o.customer_id into found_customer from public.contacts o
-  where o.tenant_id = c.tenant_id and o.id <> c.id and o.customer_id is not null
-    and ((c.phone is not null and o.phone = c.phone) or (c.email is not null and lower(o.email) = lower(c.email)))
-  limit 1;
-  if found_customer is null and to_regclass('public.customers') is not null then
-    execute private.inbox_customer_lookup_sql() into found_customer using c.tenant_id, c.phone, lower(c.email);
+  if c.phone is not null or c.email is not null then
+    -- Another contact of the same person (same phone / e-mail) already linked: reuse its links.
+    select o.customer_id into found_customer from public.contacts o
+    where o.tenant_id = c.tenant_id and o.id <> c.id and o.customer_id is not null
+      and ((c.phone is not null and o.phone = c.phone) or (c.email is not null and lower(o.email) = lower(c.email)))
+    limit 1;
+    if found_customer is null and to_regclass('public.customers') is not null then
+      execute private.inbox_customer_lookup_sql() into found_customer using c.tenant_id, c.phone, lower(c.email);
+    end if;
   end if;
   if found_customer is not null then
     update public.contacts set customer_id = found_customer where id = c.id;
@@ -185,26 +192,39 @@ begin
     end if;
     return;
   end if;
-  if to_regprocedure('private.ingest_lead(uuid, text, jsonb)') is not null then
-    -- A failing lead (say, nothing to identify it by) must never lose the message: a savepoint.
-    begin
-      execute 'select lead_id from private.ingest_lead($1, $2, $3)' into lead
-        using c.tenant_id, c.channel, jsonb_strip_nulls(jsonb_build_object(
-          'contact_name', c.display_name, 'phone', c.phone, 'email', c.email,
-          'external_id', c.channel || ':' || c.handle, 'channel', c.channel, 'contact_id', c.id,
-          'attribution', c.attribution,
-          'utm_source', coalesce(c.attribution ->> 'utm_source', case when c.attribution ->> 'source' = 'ctwa' then 'meta' end),
-          'utm_medium', coalesce(c.attribution ->> 'utm_medium', case when c.attribution ->> 'source' = 'ctwa' then 'click_to_whatsapp' end),
-          'utm_campaign', coalesce(c.attribution ->> 'utm_campaign', c.attribution ->> 'headline'),
-          'utm_content', coalesce(c.attribution ->> 'utm_content', c.attribution ->> 'source_id'),
-          'utm_term', coalesce(c.attribution ->> 'utm_term', c.attribution ->> 'ctwa_clid')));
-      if lead.lead_id is not null then
-        update public.contacts set lead_id = lead.lead_id where id = c.id;
-      end if;
-    exception when others then
-      raise warning 'inbox: no lead for contact % (%): %', c.id, c.channel, sqlerrm;
-    end;
+  if to_regprocedure('private.ingest_lead(uuid, text, jsonb)') is null then
+    return;
   end if;
+  lead_payload := jsonb_strip_nulls(jsonb_build_object(
+    'contact_name', coalesce(c.display_name, c.username), 'phone', c.phone, 'email', c.email,
+    'external_id', c.channel || ':' || coalesce(c.scoped_id, c.handle), 'channel', c.channel, 'contact_id', c.id,
+    'attribution', c.attribution,
+    'utm_source', coalesce(c.attribution ->> 'utm_source', case when c.attribution ->> 'source' = 'ctwa' then 'meta' end),
+    'utm_medium', coalesce(c.attribution ->> 'utm_medium', case when c.attribution ->> 'source' = 'ctwa' then 'click_to_whatsapp' end),
+    'utm_campaign', coalesce(c.attribution ->> 'utm_campaign', c.attribution ->> 'headline'),
+    'utm_content', coalesce(c.attribution ->> 'utm_content', c.attribution ->> 'source_id'),
+    'utm_term', coalesce(c.attribution ->> 'utm_term', c.attribution ->> 'ctwa_clid')));
+  if c.lead_id is not null then
+    -- The contact's lead exists already (made when nothing else identified the contact): give it
+    -- what is known now, under its own key, so no second lead appears for the new phone / e-mail.
+    if c.phone is null and c.email is null then
+      return;
+    end if;
+    execute 'select unique_lead_id from public.leads where id = $1' into lead_key using c.lead_id;
+    if lead_key is null then
+      return;
+    end if;
+    lead_payload := lead_payload || jsonb_build_object('unique_lead_id', lead_key);
+  end if;
+  -- A failing lead (say, nothing to identify it by) must never lose the message: a savepoint.
+  begin
+    execute 'select lead_id from private.ingest_lead($1, $2, $3)' into lead using c.tenant_id, c.channel, lead_payload;
+    if lead.lead_id is not null and c.lead_id is null then
+      update public.contacts set lead_id = lead.lead_id where id = c.id;
+    end if;
+  exception when others then
+    raise warning 'inbox: no lead for contact % (%): %', c.id, c.channel, sqlerrm;
+  end;
 end;
 $$;
 
@@ -218,43 +238,198 @@ as $$
          'or (c.email is not null and lower(c.email::text) = $3)) order by (c.phone = $2) desc nulls last limit 1'
 $$;
 
--- Upsert a contact by (channel, handle).
+-- Is this WhatsApp identifier a business-scoped user id (BSUID: ISO country code, a period, up to 128
+-- alphanumerics, "US.13491208655302741918"; parent BSUIDs "US.ENT.…") rather than a wa_id (digits)?
+create or replace function private.wa_is_bsuid(v text) returns boolean
+language sql immutable
+set search_path = ''
+as $$
+  select coalesce(v ~ '^[A-Z]{2}\.[A-Za-z0-9.]{1,140}$', false)
+$$;
+
+-- Move everything of contact `lose` to contact `keep` (the same person, known twice: by phone before
+-- the channel shared a business-scoped id, and by that id alone) and delete `lose`. The caller holds
+-- the identity locks of both.
+create or replace function private.merge_contacts(keep uuid, lose uuid) returns uuid
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  k public.contacts;
+  l public.contacts;
+  conv uuid;
+begin
+  select * into k from public.contacts c where c.id = keep for update;
+  select * into l from public.contacts c where c.id = lose for update;
+  if k.id is null or l.id is null or k.id = l.id or k.tenant_id <> l.tenant_id or k.channel <> l.channel then
+    return coalesce(k.id, l.id);
+  end if;
+  for conv in update public.conversations v set contact_id = k.id
+              where v.tenant_id = k.tenant_id and v.contact_id = l.id returning v.id loop
+    perform private.inbox_timeline(k.tenant_id, conv, 'contact_merged',
+                                   jsonb_build_object('from', l.id, 'into', k.id));
+  end loop;
+  update public.conversion_events e set contact_id = k.id where e.tenant_id = k.tenant_id and e.contact_id = l.id;
+  delete from public.contacts c where c.id = l.id;   -- frees its handle and scoped id
+  update public.contacts c
+  set scoped_id = coalesce(c.scoped_id, l.scoped_id),
+      -- the phone's wa_id is the better address; a handle that is only the business-scoped id gives way
+      handle = case when c.handle = c.scoped_id or c.handle = l.scoped_id then l.handle else c.handle end,
+      username = coalesce(l.username, c.username),
+      display_name = coalesce(c.display_name, l.display_name),
+      phone = coalesce(c.phone, l.phone),
+      email = coalesce(c.email, l.email),
+      customer_id = coalesce(c.customer_id, l.customer_id),
+      lead_id = coalesce(c.lead_id, l.lead_id),
+      attribution = coalesce(c.attribution, l.attribution)
+  where c.id = k.id;
+  return k.id;
+end;
+$$;
+
+/*
+ * Find or create the contact of a channel identity and record what the event tells about it.
+ * `scoped_id` is the channel's business-scoped id (WhatsApp BSUID) when it sends one, `handle` the
+ * address (WhatsApp wa_id, which may be withheld: null). Rules, per tenant and channel:
+ *   - the contact with this scoped id, else the one with this handle, else a new one (handle =
+ *     the address, or the scoped id when there is no address);
+ *   - a later event that adds the handle / phone updates the same contact, one that withholds them
+ *     keeps what is known;
+ *   - the handle's contact with no scoped id of its own is the same person: it takes the scoped id
+ *     (merged into one contact if that id had a contact of its own already);
+ *   - the handle's contact with another scoped id: the number now belongs to someone else (Meta gives
+ *     a new BSUID with a new number); that contact keeps its scoped id as its address and loses the
+ *     number.
+ * Every event touching one of these keys is serialised (advisory locks, in key order).
+ */
+drop function if exists private.upsert_contact(uuid, text, text, text, text, text, jsonb);
 create or replace function private.upsert_contact(tenant uuid, channel text, handle text, display_name text,
                                                   phone text default null, email text default null,
-                                                  attribution jsonb default null)
+                                                  attribution jsonb default null, scoped_id text default null,
+                                                  username text default null)
 returns uuid
 language plpgsql
 set search_path = ''
 as $$
 #variable_conflict use_column
 declare
+  k text;
+  by_id public.contacts;
+  by_handle public.contacts;
+  cur public.contacts;
   contact_id uuid;
-  created boolean;
 begin
-  insert into public.contacts (tenant_id, channel, handle, display_name, phone, email, attribution)
-  values (tenant, channel, handle, display_name, phone, lower(email), attribution)
-  on conflict (tenant_id, channel, handle) do update
-    set display_name = coalesce(excluded.display_name, public.contacts.display_name),
-        attribution = coalesce(public.contacts.attribution, excluded.attribution)
-  returning id, (xmax = 0) into contact_id, created;
-  if created then
+  handle := nullif(btrim(handle), '');
+  scoped_id := nullif(btrim(scoped_id), '');
+  email := lower(nullif(btrim(email), ''));
+  if handle is null and scoped_id is null then
+    raise exception 'a % contact needs a channel identity (an address or a business-scoped id)', channel
+      using errcode = '22023';
+  end if;
+  for k in select distinct x from unnest(array['id:' || scoped_id, 'h:' || handle]) x where x is not null order by 1 loop
+    perform pg_advisory_xact_lock(hashtextextended('inbox-identity:' || tenant || ':' || upsert_contact.channel || ':' || k, 0));
+  end loop;
+  if scoped_id is not null then
+    select * into by_id from public.contacts c
+    where c.tenant_id = tenant and c.channel = upsert_contact.channel and c.scoped_id = upsert_contact.scoped_id;
+  end if;
+  if handle is not null then
+    select * into by_handle from public.contacts c
+    where c.tenant_id = tenant and c.channel = upsert_contact.channel and c.handle = upsert_contact.handle;
+  end if;
+  if by_handle.id is not null and by_id.id is distinct from by_handle.id and scoped_id is not null then
+    if by_handle.scoped_id is not null then
+      -- The number moved to another user: the old contact keeps its own id as address.
+      update public.contacts c set handle = c.scoped_id, phone = null where c.id = by_handle.id;
+      by_handle := null;
+    elsif by_id.id is not null then
+      -- One person, two contacts: keep the older (its history and links), fold the other in.
+      if by_handle.created_at <= by_id.created_at then
+        contact_id := private.merge_contacts(by_handle.id, by_id.id);
+      else
+        contact_id := private.merge_contacts(by_id.id, by_handle.id);
+      end if;
+      select * into by_id from public.contacts c where c.id = contact_id;
+      by_handle := null;
+    end if;
+  end if;
+  if by_id.id is not null then
+    cur := by_id;
+  elsif by_handle.id is not null then
+    cur := by_handle;
+  end if;
+
+  if cur.id is null then
+    insert into public.contacts (tenant_id, channel, handle, scoped_id, username, display_name, phone, email, attribution)
+    values (tenant, upsert_contact.channel, coalesce(handle, scoped_id), scoped_id, username,
+            coalesce(display_name, username), phone, email, attribution)
+    returning id into contact_id;
+    perform private.inbox_link_contact(contact_id);
+    return contact_id;
+  end if;
+  update public.contacts c
+  set handle = coalesce(upsert_contact.handle, c.handle),
+      scoped_id = coalesce(upsert_contact.scoped_id, c.scoped_id),
+      username = coalesce(upsert_contact.username, c.username),
+      display_name = coalesce(upsert_contact.display_name, c.display_name, upsert_contact.username),
+      phone = coalesce(upsert_contact.phone, c.phone),
+      email = coalesce(upsert_contact.email, c.email),
+      attribution = coalesce(c.attribution, upsert_contact.attribution)
+  where c.id = cur.id
+  returning c.id into contact_id;
+  -- New ways to recognise the person (a phone shared at last): try the customer / lead link again.
+  if cur.customer_id is null and ((phone is not null and phone is distinct from cur.phone)
+                                  or (email is not null and email is distinct from cur.email)) then
     perform private.inbox_link_contact(contact_id);
   end if;
   return contact_id;
 end;
 $$;
 
+-- A WhatsApp status names the recipient of one of our messages by business-scoped id
+-- (recipient_user_id; recipient_id = wa_id when the phone may be shared): a contact known by its
+-- number only learns its BSUID, so its later messages without a phone still find it.
+create or replace function private.inbox_learn_wa_identity(tenant uuid, provider_message_id text, user_id text,
+                                                           wa_id text default null)
+returns void
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  ct public.contacts;
+begin
+  if user_id is null or not private.wa_is_bsuid(user_id) then
+    return;
+  end if;
+  select c.* into ct from public.messages m
+  join public.conversations v on v.tenant_id = m.tenant_id and v.id = m.conversation_id
+  join public.contacts c on c.tenant_id = v.tenant_id and c.id = v.contact_id
+  where m.tenant_id = tenant and m.provider_message_id = inbox_learn_wa_identity.provider_message_id
+    and m.direction = 'outbound' and c.channel = 'whatsapp';
+  if ct.id is null or ct.scoped_id is not null or (wa_id is not null and wa_id <> ct.handle) then
+    return;
+  end if;
+  -- The message went to this contact's number: that number is the recipient's.
+  perform private.upsert_contact(tenant, 'whatsapp', ct.handle, null, null, null, null, user_id, null);
+end;
+$$;
+
 /*
  * One inbound message into the inbox: contact, conversation (reused while not resolved; e-mail by
  * thread), the message (once per provider id), first-touch attribution, routing. Returns the
- * message id, or null when the message was already there.
+ * message id, or null when the message was already there. The contact is the channel identity's
+ * (`scoped_id`, else `handle`: see upsert_contact); `handle` may be null when `scoped_id` is given.
  */
+drop function if exists private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb,
+                                               text, text, text, text, text, text);
 create or replace function private.ingest_message(
   channel uuid, handle text, display_name text, provider_message_id text, msg_type text, body text,
   payload jsonb default '{}', attachments jsonb default '[]', occurred_at timestamptz default now(),
   attribution jsonb default null, phone text default null, email text default null,
   thread_key text default null, subject text default null, in_reply_to text default null,
-  direction text default 'inbound'
+  direction text default 'inbound', scoped_id text default null, username text default null
 ) returns uuid
 language plpgsql
 set search_path = ''
@@ -276,7 +451,8 @@ begin
                                                    and m.provider_message_id = ingest_message.provider_message_id) then
     return null;
   end if;
-  contact := private.upsert_contact(acc.tenant_id, acc.kind, handle, display_name, phone, email, attribution);
+  contact := private.upsert_contact(acc.tenant_id, acc.kind, handle, display_name, phone, email, attribution,
+                                    scoped_id, username);
   -- One contact's messages are ingested one at a time, so two workers never open two conversations.
   perform pg_advisory_xact_lock(hashtextextended('inbox-contact:' || contact, 0));
   -- One conversation per thread (e-mail) or per open contact conversation (chat channels).
@@ -433,6 +609,11 @@ $$;
 grant execute on function private.inbox_customer_messages(uuid, int) to authenticated, service_role;
 
 -- ---- WhatsApp Cloud API: object = whatsapp_business_account ---------------------------------
+-- The sender is identified as Meta's "Business-scoped user IDs" documentation describes
+-- (developers.facebook.com/documentation/business-messaging/whatsapp/business-scoped-user-ids):
+-- contacts[].user_id / messages[].from_user_id = the BSUID (always sent since 2026),
+-- contacts[].wa_id / messages[].from = the phone (withheld for some users with a username),
+-- contacts[].profile.username; statuses[].recipient_user_id (recipient_id only with the phone).
 create or replace function private.process_whatsapp_event(ev private.inbound_events) returns jsonb
 language plpgsql
 set search_path = ''
@@ -445,7 +626,10 @@ declare
   m jsonb;
   s jsonb;
   acc public.channel_accounts;
-  names jsonb;
+  people jsonb;
+  person jsonb;
+  sender_id text;
+  sender_phone text;
   msg_type text;
   body text;
   kind text;
@@ -473,9 +657,21 @@ begin
         unknown := unknown + 1;
         continue;
       end if;
-      names := coalesce((select jsonb_object_agg(c ->> 'wa_id', c #>> '{profile,name}')
-                         from jsonb_array_elements(coalesce(val -> 'contacts', '[]')) c), '{}');
+      people := coalesce(val -> 'contacts', '[]');
       for m in select * from jsonb_array_elements(coalesce(val -> 'messages', '[]')) loop
+        -- Who wrote: the BSUID and / or the phone, from the message and its contacts[] entry.
+        sender_id := coalesce(m ->> 'from_user_id', case when private.wa_is_bsuid(m ->> 'from') then m ->> 'from' end);
+        sender_phone := case when not private.wa_is_bsuid(m ->> 'from') then nullif(m ->> 'from', '') end;
+        select c into person from jsonb_array_elements(people) c
+        where (sender_id is not null and c ->> 'user_id' = sender_id)
+           or (sender_phone is not null and c ->> 'wa_id' = sender_phone)
+        limit 1;
+        sender_id := coalesce(sender_id, person ->> 'user_id');
+        sender_phone := coalesce(sender_phone, case when not private.wa_is_bsuid(person ->> 'wa_id') then nullif(person ->> 'wa_id', '') end);
+        if sender_id is null and sender_phone is null then
+          raise exception 'WhatsApp message % has no sender identity (no from, from_user_id or contact)', m ->> 'id'
+            using errcode = '22023';
+        end if;
         kind := m ->> 'type';
         media := null;
         attachments := '[]';
@@ -500,13 +696,14 @@ begin
         end case;
         referral := m -> 'referral';
         if private.ingest_message(
-             acc.id, m ->> 'from', names ->> (m ->> 'from'), m ->> 'id', msg_type, body, m, attachments,
+             acc.id, sender_phone, person #>> '{profile,name}', m ->> 'id', msg_type, body, m, attachments,
              to_timestamp((m ->> 'timestamp')::double precision),
              case when referral is not null then jsonb_strip_nulls(jsonb_build_object(
                'source', 'ctwa', 'source_id', referral ->> 'source_id', 'source_url', referral ->> 'source_url',
                'source_type', referral ->> 'source_type', 'headline', referral ->> 'headline',
                'ctwa_clid', referral ->> 'ctwa_clid', 'media_type', referral ->> 'media_type')) end,
-             '+' || (m ->> 'from'), null, null, null, m #>> '{context,id}') is not null then
+             '+' || sender_phone, null, null, null, m #>> '{context,id}', 'inbound', sender_id,
+             coalesce(person #>> '{profile,username}', person ->> 'username')) is not null then
           new_messages := new_messages + 1;
         else
           duplicates := duplicates + 1;
@@ -519,6 +716,8 @@ begin
              err ->> 'code', coalesce(err #>> '{error_data,details}', err ->> 'message', err ->> 'title')) then
           statuses := statuses + 1;
         end if;
+        -- Settled by message id alone; the recipient's BSUID, when given, is learnt for its contact.
+        perform private.inbox_learn_wa_identity(acc.tenant_id, s ->> 'id', s ->> 'recipient_user_id', s ->> 'recipient_id');
       end loop;
     end loop;
   end loop;
@@ -1425,9 +1624,11 @@ grant execute on function
   private.channel_for_worker(uuid), private.set_channel_secret(uuid, text), private.save_sync_state(uuid, text, jsonb),
   private.upsert_templates(uuid, jsonb), private.upsert_ad_insights(uuid, text, jsonb),
   private.route_conversation(uuid), private.apply_message_status(uuid, text, text, timestamptz, text, text),
-  private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb, text, text, text, text, text, text),
+  private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb, text, text, text, text, text, text,
+                         text, text),
   private.inbox_link_contact(uuid), private.inbox_customer_lookup_sql(), private.inbox_customer_unread(uuid, int),
-  private.upsert_contact(uuid, text, text, text, text, text, jsonb),
+  private.upsert_contact(uuid, text, text, text, text, text, jsonb, text, text), private.merge_contacts(uuid, uuid),
+  private.wa_is_bsuid(text), private.inbox_learn_wa_identity(uuid, text, text, text),
   private.process_whatsapp_event(private.inbound_events), private.process_meta_messaging_event(private.inbound_events),
   private.process_normalized_event(private.inbound_events),
   private.assign_conversation(uuid, uuid, text, uuid, text, text), private.inbox_timeline(uuid, uuid, text, jsonb)

@@ -4,16 +4,25 @@
     with serve(fake.app) as base:         # channel settings base_url = base + "/v21.0"
         fake.plan(429, 429)               # the next two sends are throttled (error code 130429)
         fake.plan_error(400, 131047, "Re-engagement message")   # then a permanent error
+
+Recipients as Meta's "Business-scoped user IDs" documentation describes: "to" is a phone number
+(wa_id), "recipient" a business-scoped user id (BSUID, "US.13491208655302741918"); "to" wins when both
+are sent. The answer's contacts[] echoes the input with wa_id (phone sends) or user_id (BSUID sends).
+A BSUID in "to", or a phone in "recipient", is refused like a bad parameter.
 """
 
 from __future__ import annotations
 
+import re
 import threading
 import uuid
 from collections import deque
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+
+PHONE = re.compile(r"^\+?[1-9][0-9]{6,14}$")
+BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9.]{1,140}$")
 
 THROTTLE = {"message": "(#130429) Rate limit hit", "type": "OAuthException", "code": 130429,
             "error_data": {"messaging_product": "whatsapp", "details": "Cloud API message throughput has been reached."}}
@@ -60,7 +69,11 @@ class FakeWhatsApp:
             if request.headers.get("authorization") != f"Bearer {self.token}":
                 return unauthorized()
             body = await request.json()
-            if body.get("messaging_product") != "whatsapp" or not body.get("to") or not body.get("type"):
+            to, recipient = body.get("to"), body.get("recipient")
+            valid_to = to is None or (isinstance(to, str) and PHONE.match(to))
+            valid_recipient = recipient is None or (isinstance(recipient, str) and BSUID.match(recipient))
+            if body.get("messaging_product") != "whatsapp" or not (to or recipient) or not body.get("type") \
+                    or not valid_to or not valid_recipient:
                 return JSONResponse({"error": {"message": "(#100) Invalid parameter", "type": "OAuthException",
                                                "code": 100, "fbtrace_id": "x"}}, status_code=400)
             with self._lock:
@@ -71,8 +84,8 @@ class FakeWhatsApp:
             with self._lock:
                 wamid = self.next_ids.popleft() if self.next_ids else "wamid." + uuid.uuid4().hex
                 self.sent.append({"phone_number_id": phone_number_id, "body": body, "id": wamid})
-            return {"messaging_product": "whatsapp", "contacts": [{"input": body["to"], "wa_id": body["to"]}],
-                    "messages": [{"id": wamid}]}
+            contact = {"input": to, "wa_id": to.lstrip("+")} if to else {"input": recipient, "user_id": recipient}
+            return {"messaging_product": "whatsapp", "contacts": [contact], "messages": [{"id": wamid}]}
 
         @app.get("/media-bin/{media_id}")
         async def media_bytes(media_id: str, request: Request):

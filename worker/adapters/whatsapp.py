@@ -2,11 +2,16 @@
 
 Send: POST /{version}/{phone-number-id}/messages with {"messaging_product": "whatsapp", "to": ..., "type": ...}
 answers {"messaging_product": "whatsapp", "contacts": [...], "messages": [{"id": "wamid..."}]}.
+A user whose phone number we do not know is addressed by business-scoped user id (BSUID) in
+"recipient" instead of "to" (Meta's "Business-scoped user IDs" documentation: "to" wins when both are
+sent, and Meta advises the phone when known; a send by BSUID answers contacts[].user_id, not wa_id;
+error 131062 = this message kind cannot go to a BSUID, e.g. one-tap authentication templates).
 Errors answer {"error": {"message", "type", "code", "error_subcode", "error_data": {"details"}, "fbtrace_id"}}.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import httpx
@@ -28,6 +33,17 @@ RETRYABLE_CODES = {
 }
 # Outside the customer-service window: only a template may be sent (never retried).
 REENGAGEMENT_CODE = 131047
+# This message cannot be sent to a business-scoped user id (never retried).
+BSUID_UNSUPPORTED_CODE = 131062
+
+# A BSUID: ISO 3166 alpha-2 country code, a period, alphanumerics ("US.13491208655302741918"; parent
+# BSUIDs "US.ENT.11815799212886844830"). A wa_id / phone is digits (optionally +): never matches.
+_BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9.]{1,140}$")
+
+
+def is_bsuid(value: Any) -> bool:
+    """True for a WhatsApp business-scoped user id (same rule as private.wa_is_bsuid in SQL)."""
+    return isinstance(value, str) and bool(_BSUID.match(value))
 
 
 class GraphAdapter(HttpAdapter):
@@ -60,9 +76,24 @@ class WhatsAppAdapter(GraphAdapter):
         super().__init__(base_url, **kwargs)
 
     @staticmethod
+    def address(request: dict) -> dict[str, str]:
+        """{"to": phone} when the phone (wa_id) is known, else {"recipient": BSUID}. The request's "to" is
+        the contact's handle: its wa_id, or its BSUID for a user who never shared the phone."""
+        to, recipient = request.get("to"), request.get("recipient")
+        if is_bsuid(to):
+            to, recipient = None, recipient or to
+        if to:
+            return {"to": str(to)}
+        if recipient:
+            return {"recipient": str(recipient)}
+        raise AdapterError("code=no_recipient: the message has neither a phone number nor a business-scoped user id",
+                           retryable=False, code="no_recipient")
+
+    @staticmethod
     def build(request: dict) -> dict:
         """The Cloud API body for a provider-neutral request (functions/inbox.sql send_message)."""
-        body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual", "to": request["to"]}
+        body: dict[str, Any] = {"messaging_product": "whatsapp", "recipient_type": "individual",
+                                **WhatsAppAdapter.address(request)}
         kind = request.get("type", "text")
         if kind == "template":
             tpl = request["template"]
