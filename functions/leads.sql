@@ -1,54 +1,13 @@
 /*
- * Lead pipeline functions: SQL normalisers (simple; the Python normaliser feeds bulk paths already
- * normalised values, which these leave unchanged), the one ingestion function, the set-based bulk
+ * Lead pipeline functions: the identity key, the one ingestion function, the set-based bulk
  * upsert, the status machine's advance function, the worker's lead queue and the review RPCs.
  */
 
--- ---------------------------------------------------------------------------------------------
--- Normalisers (idempotent on values luna/normalize.py produced). Identifiers are case-folded by
--- private.fold_identifier (locale-independent), never by lower() under the database's locale.
--- ---------------------------------------------------------------------------------------------
-create or replace function private.clean_email(raw text) returns text
-language sql immutable
-set search_path = ''
-as $$
-  select case when e ~ '^[^@\s]+@[^@\s]+\.[^@\s.]{2,}$' then e end
-  from (select btrim(regexp_replace(private.fold_identifier(btrim(raw)), '^mailto:', '')) as e) x
-$$;
+-- The identifier rules (clean_phone, clean_email, clean_host, registrable_domain, company_domain)
+-- are defined once, in migrations/20261203000000_one_normaliser.sql.
 
-create or replace function private.clean_phone(raw text, region text default 'TR') returns text
-language sql immutable
-set search_path = ''
-as $$
-  select case
-    when d is null or d = '' then null
-    when d ~ '^\+[1-9][0-9]{7,14}$' then d
-    when d ~ '^00[1-9][0-9]{7,14}$' then '+' || substr(d, 3)
-    when region = 'TR' and d ~ '^0[2-5][0-9]{9}$' then '+90' || substr(d, 2)
-    when region = 'TR' and d ~ '^[2-5][0-9]{9}$' then '+90' || d
-    when region = 'TR' and d ~ '^90[2-5][0-9]{9}$' then '+' || d
-    else null end
-  from (select regexp_replace(btrim(raw), '[^0-9+]', '', 'g') as d) x
-$$;
-
-create or replace function private.clean_domain(website text, email text default null) returns text
-language sql stable
-set search_path = ''
-as $$
-  with hosts as (
-    select 1 as ord, regexp_replace(split_part(split_part(split_part(
-             regexp_replace(private.fold_identifier(btrim(website)), '^[a-z][a-z0-9+.-]*://', ''), '/', 1), '?', 1), ':', 1),
-             '^www\.', '') as host
-    union all
-    select 2, split_part(private.clean_email(email), '@', 2)
-  )
-  select h.host from hosts h
-  where h.host ~ '^[^.\s]+(\.[^.\s]+)+$'
-    and not exists (select 1 from private.free_mail_domains f where f.domain = h.host)
-  order by h.ord limit 1
-$$;
-
--- The deterministic identity key (same rule as luna.normalize.unique_lead_id).
+-- The deterministic identity key of a lead: its company domain, else e-mail, phone, external id, or
+-- company name key. The only definition (the Python import stages values, never keys).
 create or replace function private.lead_key(domain text, email text, phone text, external_id text, company text)
 returns text
 language sql immutable
@@ -99,12 +58,26 @@ end;
 $$;
 
 -- ---------------------------------------------------------------------------------------------
--- Ingestion: the ONE function every source uses. Dedupe rule: same unique_lead_id, else same
--- domain_cleaned, e-mail or phone in the tenant. A merge never overwrites a value with an empty one
--- and logs what changed.
+-- Ingestion. Every source ends in private.ingest_staged: the web form, Meta, the inbox and the API
+-- through private.ingest_lead (one row), CSV imports through COPY into private.lead_staging.
+--
+-- Acceptance (issue 9, item 6): a row needs something that names or reaches the lead -- a company
+-- name, or a valid e-mail, phone or website. Invalid values beside it are dropped from the columns,
+-- kept in raw and reported as warnings; a row is rejected only when nothing valid remains.
+--
+-- Identity (items 2 and 5), the same inside a batch as against stored leads:
+--   strong: the same explicit key, company domain, e-mail (a lead's own or one of its contacts'),
+--           external id, or -- for rows with nothing else -- company name key  => the same lead;
+--   phone:  the same phone is the same lead only when nothing contradicts it (another e-mail,
+--           company domain or company name); otherwise the row is kept as a possible duplicate
+--           (HUMAN_REVIEW_NEEDED, duplicate_of) for a person to decide.
+-- A merge fills empty columns only; a different non-empty value is a conflict kept in the merge
+-- record (processing_logs), another person goes to lead_contacts, and a scored lead whose qualifying
+-- fields were filled goes back to RAW to be scored again.
 -- ---------------------------------------------------------------------------------------------
+drop function if exists private.ingest_lead(uuid, text, jsonb);
 create or replace function private.ingest_lead(tenant uuid, source text, payload jsonb)
-returns table (lead_id uuid, action text)
+returns table (lead_id uuid, action text, warnings jsonb)
 language plpgsql
 security definer
 set search_path = ''
@@ -112,116 +85,60 @@ as $$
 #variable_conflict use_variable
 declare
   t public.tenants;
-  v jsonb;
-  k text;
-  old public.leads;
-  changes jsonb;
-  cols text[] := array['company_name', 'contact_name', 'email', 'phone', 'website', 'domain_cleaned', 'city',
-                       'country', 'utm_source', 'utm_medium', 'utm_campaign', 'utm_content', 'utm_term'];
-  c text;
-  new_id uuid;
+  batch uuid := gen_random_uuid();
+  warn jsonb := '[]';
+  v_email text := private.clean_email(nullif(btrim(payload ->> 'email'), ''));
+  v_phone text;
+  v_domain text := private.website_domain(coalesce(nullif(btrim(payload ->> 'domain_cleaned'), ''), payload ->> 'website'));
+  counts record;
 begin
   select * into t from public.tenants where id = tenant;
   if not found then
     raise exception 'no tenant %', tenant using errcode = 'PT404', detail = 'code=tenant_not_found';
   end if;
   source := coalesce(nullif(btrim(source), ''), 'manual');
-  -- The standard columns, cleaned.
-  select jsonb_strip_nulls(jsonb_build_object(
-    'company_name', nullif(btrim(payload ->> 'company_name'), ''),
-    'contact_name', nullif(btrim(payload ->> 'contact_name'), ''),
-    'email', private.clean_email(payload ->> 'email'),
-    'phone', private.clean_phone(payload ->> 'phone', t.default_region),
-    'website', nullif(btrim(payload ->> 'website'), ''),
-    'domain_cleaned', coalesce(nullif(payload ->> 'domain_cleaned', ''),
-                               private.clean_domain(payload ->> 'website', payload ->> 'email')),
-    'city', nullif(btrim(payload ->> 'city'), ''),
-    'country', nullif(btrim(payload ->> 'country'), ''),
-    'utm_source', nullif(btrim(payload ->> 'utm_source'), ''),
-    'utm_medium', nullif(btrim(payload ->> 'utm_medium'), ''),
-    'utm_campaign', nullif(btrim(payload ->> 'utm_campaign'), ''),
-    'utm_content', nullif(btrim(payload ->> 'utm_content'), ''),
-    'utm_term', nullif(btrim(payload ->> 'utm_term'), ''))) into v;
-  k := coalesce(nullif(payload ->> 'unique_lead_id', ''),
-                private.lead_key(v ->> 'domain_cleaned', v ->> 'email', v ->> 'phone',
-                                 payload ->> 'external_id', v ->> 'company_name'));
-  if k is null then
-    raise exception 'a lead needs an e-mail, phone, website, company name or external id'
+  v_phone := private.clean_phone(nullif(btrim(payload ->> 'phone'), ''), t.default_region);
+  if nullif(btrim(payload ->> 'email'), '') is not null and v_email is null then
+    warn := warn || jsonb_build_object('field', 'email', 'code', 'invalid_email', 'value', payload ->> 'email');
+  end if;
+  if nullif(btrim(payload ->> 'phone'), '') is not null and v_phone is null then
+    warn := warn || jsonb_build_object('field', 'phone', 'code', 'invalid_phone', 'value', payload ->> 'phone');
+  end if;
+  if nullif(btrim(payload ->> 'website'), '') is not null and private.website_domain(payload ->> 'website') is null then
+    warn := warn || jsonb_build_object('field', 'website', 'code', 'invalid_website', 'value', payload ->> 'website');
+  end if;
+  insert into private.lead_staging (batch, line, unique_lead_id, external_id, company_name, contact_name, email, phone,
+                                    website, domain_cleaned, city, country, utm_source, utm_medium, utm_campaign,
+                                    utm_content, utm_term, raw)
+  values (batch, 1, nullif(btrim(payload ->> 'unique_lead_id'), ''), nullif(btrim(payload ->> 'external_id'), ''),
+          nullif(btrim(payload ->> 'company_name'), ''), nullif(btrim(payload ->> 'contact_name'), ''), v_email, v_phone,
+          case when private.website_domain(payload ->> 'website') is not null then btrim(payload ->> 'website') end,
+          v_domain, nullif(btrim(payload ->> 'city'), ''), nullif(btrim(payload ->> 'country'), ''),
+          nullif(btrim(payload ->> 'utm_source'), ''), nullif(btrim(payload ->> 'utm_medium'), ''),
+          nullif(btrim(payload ->> 'utm_campaign'), ''), nullif(btrim(payload ->> 'utm_content'), ''),
+          nullif(btrim(payload ->> 'utm_term'), ''), payload);
+  select * into counts from private.ingest_staged(batch, tenant, source);
+  if counts.rejected > 0 then
+    raise exception 'a lead needs a company name, or a valid e-mail, phone or website%',
+      coalesce(' (' || (select string_agg(w ->> 'code' || ' ' || (w ->> 'value'), ', ') from jsonb_array_elements(warn) w) || ')', '')
       using errcode = 'PT422', detail = 'code=lead_unidentifiable';
   end if;
-
-  -- One ingestion at a time per tenant, so two sources never create the same lead twice.
-  perform pg_advisory_xact_lock(hashtextextended('leads:' || tenant::text, 0));
-
-  select l.* into old from public.leads l
-  where l.tenant_id = tenant
-    and (l.unique_lead_id = k
-         or (v ? 'domain_cleaned' and l.domain_cleaned = v ->> 'domain_cleaned')
-         or (v ? 'email' and l.email = v ->> 'email')
-         or (v ? 'phone' and l.phone = v ->> 'phone'))
-  order by (l.unique_lead_id = k) desc, l.created_at
-  limit 1
-  for update;
-
-  if found then
-    changes := '{}';
-    foreach c in array cols loop
-      if v ? c and (to_jsonb(old) ->> c) is distinct from (v ->> c) then
-        changes := changes || jsonb_build_object(c, jsonb_build_object('old', to_jsonb(old) -> c, 'new', v -> c));
-      end if;
-    end loop;
-    update public.leads l set
-      company_name = coalesce(v ->> 'company_name', l.company_name),
-      contact_name = coalesce(v ->> 'contact_name', l.contact_name),
-      email = coalesce(v ->> 'email', l.email),
-      phone = coalesce(v ->> 'phone', l.phone),
-      website = coalesce(v ->> 'website', l.website),
-      domain_cleaned = coalesce(v ->> 'domain_cleaned', l.domain_cleaned),
-      city = coalesce(v ->> 'city', l.city),
-      country = coalesce(v ->> 'country', l.country),
-      utm_source = coalesce(v ->> 'utm_source', l.utm_source),
-      utm_medium = coalesce(v ->> 'utm_medium', l.utm_medium),
-      utm_campaign = coalesce(v ->> 'utm_campaign', l.utm_campaign),
-      utm_content = coalesce(v ->> 'utm_content', l.utm_content),
-      utm_term = coalesce(v ->> 'utm_term', l.utm_term),
-      raw = l.raw || jsonb_build_object(source, payload)
-    where l.id = old.id;
-    insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, detail)
-    values (tenant, old.id, 'ingest', 'merge', 'merged', old.processing_status, old.processing_status,
-            jsonb_build_object('source', source, 'changes', changes));
-    lead_id := old.id;
-    action := 'merged';
-  else
-    insert into public.leads (tenant_id, unique_lead_id, company_name, contact_name, email, phone, website,
-                              domain_cleaned, city, country, source, utm_source, utm_medium, utm_campaign,
-                              utm_content, utm_term, raw, current_orchestrator_priority)
-    values (tenant, k, v ->> 'company_name', v ->> 'contact_name', v ->> 'email', v ->> 'phone', v ->> 'website',
-            v ->> 'domain_cleaned', v ->> 'city', v ->> 'country', source, v ->> 'utm_source', v ->> 'utm_medium',
-            v ->> 'utm_campaign', v ->> 'utm_content', v ->> 'utm_term', jsonb_build_object(source, payload),
-            private.lead_priority(source, null, coalesce(t.settings #> '{leads,priority}', '{}'),
-                                  now() - private.lead_source_time(payload)))
-    returning id into new_id;
-    insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
-    values (tenant, new_id, 'ingest', 'insert', 'ok', 'RAW', jsonb_build_object('source', source));
-    lead_id := new_id;
-    action := 'inserted';
-  end if;
-  perform private.broadcast('tenant:' || tenant || ':leads', 'lead_' || action,
-                            jsonb_build_object('id', lead_id, 'source', source));
+  select g.lead_id, g.action into lead_id, action from pg_temp.lead_groups g limit 1;
+  warnings := warn;
   return next;
 end;
 $$;
 revoke execute on function private.ingest_lead(uuid, text, jsonb) from public, anon;
 grant execute on function private.ingest_lead(uuid, text, jsonb) to service_role;
 
--- ---------------------------------------------------------------------------------------------
--- Bulk upsert: rows COPYed into private.lead_staging under one batch id (already normalised by
--- luna/normalize.py) are merged into leads in one set-based pass: duplicates inside the batch are
--- collapsed (later non-empty values win), then each group matches an existing lead by key, domain,
--- e-mail or phone, or is inserted. Returns the counts; the batch's staging rows are removed.
--- ---------------------------------------------------------------------------------------------
-create or replace function private.ingest_staged(batch uuid, tenant uuid, source text)
-returns table (inserted int, merged int)
+-- The bulk upsert: rows COPYed into private.lead_staging under one batch id (e-mail and phone
+-- cleaned, invalid ones left out; domain_cleaned = the website's registrable domain) are merged into
+-- leads in one set-based pass by the rules above. Returns the counts (merged = rows that joined an
+-- existing lead or an earlier row of the batch; duplicates = rows kept for review); leaves one row
+-- per lead of the batch in pg_temp.lead_groups (lead_id, action) and removes the staging rows.
+drop function if exists private.ingest_staged(uuid, uuid, text);
+create or replace function private.ingest_staged(batch uuid, tenant uuid, source text, announce boolean default true)
+returns table (inserted int, merged int, duplicates int, rescored int, rejected int)
 language plpgsql
 security definer
 set search_path = ''
@@ -229,155 +146,363 @@ as $$
 #variable_conflict use_variable
 declare
   t public.tenants;
-  n_ins int;
-  n_mrg int;
+  rules jsonb;
+  n_rows int;
+  n_ins int := 0;
+  n_dup int := 0;
+  n_res int := 0;
+  n_rej int := 0;
+  changed int;
+  c int;
+  raw_module text := (select r.module from private.lead_routes r where r.status = 'RAW');
 begin
   select * into t from public.tenants where id = tenant;
   if not found then
     raise exception 'no tenant %', tenant using errcode = 'PT404', detail = 'code=tenant_not_found';
   end if;
+  rules := coalesce(t.settings #> '{leads,priority}', '{}');
   perform pg_advisory_xact_lock(hashtextextended('leads:' || tenant::text, 0));
 
-  create temporary table if not exists lead_groups (
-    k text primary key, first_line int, lines int, company_name text, contact_name text, email text, phone text,
-    website text, domain_cleaned text, city text, country text, utm_source text, utm_medium text,
-    utm_campaign text, utm_content text, utm_term text, raw jsonb, lead_id uuid, changes jsonb
+  create temporary table if not exists lead_rows (
+    line int, grp int, ek text, external_id text, company_name text, contact_name text, email text, phone text,
+    website text, wdom text, dom text, ck text, city text, country text, utm_source text, utm_medium text,
+    utm_campaign text, utm_content text, utm_term text, raw jsonb
   ) on commit drop;
-  truncate pg_temp.lead_groups;
+  create temporary table if not exists lead_groups (
+    g int primary key, first_line int, n int, k text, ek text, external_id text, company_name text,
+    contact_name text, email text, phone text, website text, dom text, ck text, city text, country text,
+    utm_source text, utm_medium text, utm_campaign text, utm_content text, utm_term text, raw jsonb,
+    conflicts jsonb, dup_g int, lead_id uuid, dup_of uuid, contradicts jsonb, action text, changes jsonb
+  ) on commit drop;
+  truncate pg_temp.lead_rows, pg_temp.lead_groups;
 
-  -- One group per identity key: the last row of the key, then (keys seen on several lines only)
-  -- each column's last non-empty value.
-  insert into pg_temp.lead_groups (k, first_line, lines, company_name, contact_name, email, phone, website,
-                                   domain_cleaned, city, country, utm_source, utm_medium, utm_campaign,
-                                   utm_content, utm_term, raw)
-  select distinct on (s.unique_lead_id) s.unique_lead_id, s.line, 1, s.company_name, s.contact_name, s.email, s.phone,
-         s.website, s.domain_cleaned, s.city, s.country, s.utm_source, s.utm_medium, s.utm_campaign, s.utm_content,
-         s.utm_term, s.raw
+  insert into pg_temp.lead_rows (line, grp, ek, external_id, company_name, contact_name, email, phone, website, wdom,
+                                 ck, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw)
+  select s.line, s.line, nullif(s.unique_lead_id, ''), nullif(s.external_id, ''), nullif(s.company_name, ''),
+         nullif(s.contact_name, ''), nullif(s.email, ''), nullif(s.phone, ''), nullif(s.website, ''),
+         nullif(s.domain_cleaned, ''), private.name_key(s.company_name), nullif(s.city, ''), nullif(s.country, ''),
+         nullif(s.utm_source, ''), nullif(s.utm_medium, ''), nullif(s.utm_campaign, ''), nullif(s.utm_content, ''),
+         nullif(s.utm_term, ''), s.raw
   from private.lead_staging s
-  where s.batch = ingest_staged.batch
-  order by s.unique_lead_id, s.line desc;
+  where s.batch = ingest_staged.batch;
+  delete from private.lead_staging s where s.batch = ingest_staged.batch;
 
-  update pg_temp.lead_groups g set
-    first_line = d.first_line, lines = d.lines,
-    company_name = d.company_name, contact_name = d.contact_name, email = d.email, phone = d.phone,
-    website = d.website, domain_cleaned = d.domain_cleaned, city = d.city, country = d.country,
-    utm_source = d.utm_source, utm_medium = d.utm_medium, utm_campaign = d.utm_campaign,
-    utm_content = d.utm_content, utm_term = d.utm_term
-  from (
-    select s.unique_lead_id as k, min(s.line) as first_line, count(*) as lines,
-      (array_agg(s.company_name order by s.line desc) filter (where s.company_name is not null))[1] as company_name,
-      (array_agg(s.contact_name order by s.line desc) filter (where s.contact_name is not null))[1] as contact_name,
-      (array_agg(s.email order by s.line desc) filter (where s.email is not null))[1] as email,
-      (array_agg(s.phone order by s.line desc) filter (where s.phone is not null))[1] as phone,
-      (array_agg(s.website order by s.line desc) filter (where s.website is not null))[1] as website,
-      (array_agg(s.domain_cleaned order by s.line desc) filter (where s.domain_cleaned is not null))[1] as domain_cleaned,
-      (array_agg(s.city order by s.line desc) filter (where s.city is not null))[1] as city,
-      (array_agg(s.country order by s.line desc) filter (where s.country is not null))[1] as country,
-      (array_agg(s.utm_source order by s.line desc) filter (where s.utm_source is not null))[1] as utm_source,
-      (array_agg(s.utm_medium order by s.line desc) filter (where s.utm_medium is not null))[1] as utm_medium,
-      (array_agg(s.utm_campaign order by s.line desc) filter (where s.utm_campaign is not null))[1] as utm_campaign,
-      (array_agg(s.utm_content order by s.line desc) filter (where s.utm_content is not null))[1] as utm_content,
-      (array_agg(s.utm_term order by s.line desc) filter (where s.utm_term is not null))[1] as utm_term
-    from private.lead_staging s
-    where s.batch = ingest_staged.batch
-      and s.unique_lead_id in (select x.unique_lead_id from private.lead_staging x where x.batch = ingest_staged.batch
-                               group by x.unique_lead_id having count(*) > 1)
-    group by s.unique_lead_id
-  ) d
-  where g.k = d.k;
+  -- Acceptance: something that names or reaches the lead.
+  delete from pg_temp.lead_rows r
+  where r.ck is null and r.email is null and r.phone is null and r.wdom is null and r.ek is null and r.external_id is null;
+  get diagnostics n_rej = row_count;
+  select count(*) into n_rows from pg_temp.lead_rows;
+
+  -- The company domain: the website's, else the e-mail's (once per distinct e-mail domain); never a
+  -- free-mail provider's.
+  update pg_temp.lead_rows r set dom = coalesce(
+           case when not exists (select 1 from private.free_mail_domains f where f.domain = r.wdom) then r.wdom end,
+           case when not exists (select 1 from private.free_mail_domains f where f.domain = d.dom) then d.dom end)
+  from (select x.host, private.website_domain(x.host) as dom
+        from (select distinct split_part(y.email, '@', 2) as host from pg_temp.lead_rows y where y.email is not null) x) d
+  where split_part(r.email, '@', 2) = d.host;
+  update pg_temp.lead_rows r set dom = r.wdom
+  where r.dom is null and r.wdom is not null and r.email is null
+    and not exists (select 1 from private.free_mail_domains f where f.domain = r.wdom);
+  -- Only rows known by their company name alone are linked by it.
+  update pg_temp.lead_rows r set ck = null where r.email is not null or r.phone is not null or r.dom is not null
+                                              or r.external_id is not null;
+
+  -- Strong links inside the batch: the smallest line of every connected set (label propagation; a
+  -- second pass is needed only when rows chain through different values).
+  loop
+    changed := 0;
+    update pg_temp.lead_rows r set grp = m.g
+    from (select x.ek, min(x.grp) g from pg_temp.lead_rows x where x.ek is not null group by x.ek having count(*) > 1) m
+    where r.ek = m.ek and r.grp > m.g;
+    get diagnostics c = row_count; changed := changed + c;
+    update pg_temp.lead_rows r set grp = m.g
+    from (select x.dom, min(x.grp) g from pg_temp.lead_rows x where x.dom is not null group by x.dom having count(*) > 1) m
+    where r.dom = m.dom and r.grp > m.g;
+    get diagnostics c = row_count; changed := changed + c;
+    update pg_temp.lead_rows r set grp = m.g
+    from (select x.email, min(x.grp) g from pg_temp.lead_rows x where x.email is not null group by x.email having count(*) > 1) m
+    where r.email = m.email and r.grp > m.g;
+    get diagnostics c = row_count; changed := changed + c;
+    update pg_temp.lead_rows r set grp = m.g
+    from (select x.external_id, min(x.grp) g from pg_temp.lead_rows x where x.external_id is not null
+          group by x.external_id having count(*) > 1) m
+    where r.external_id = m.external_id and r.grp > m.g;
+    get diagnostics c = row_count; changed := changed + c;
+    update pg_temp.lead_rows r set grp = m.g
+    from (select x.ck, min(x.grp) g from pg_temp.lead_rows x where x.ck is not null group by x.ck having count(*) > 1) m
+    where r.ck = m.ck and r.grp > m.g;
+    get diagnostics c = row_count; changed := changed + c;
+    exit when changed = 0;
+  end loop;
+
+  -- One row per group: its first row as it is, or (groups of several rows) each column's first
+  -- non-empty value, the other values kept as conflicts.
+  insert into pg_temp.lead_groups (g, first_line, n, ek, external_id, company_name, contact_name, email, phone, website,
+                                   dom, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw)
+  select r.grp, r.line, 1, r.ek, r.external_id, r.company_name, r.contact_name, r.email, r.phone, r.website, r.dom,
+         r.city, r.country, r.utm_source, r.utm_medium, r.utm_campaign, r.utm_content, r.utm_term, r.raw
+  from pg_temp.lead_rows r
+  where r.line = r.grp and not exists (select 1 from pg_temp.lead_rows x where x.grp = r.grp and x.line <> r.line);
+
+  insert into pg_temp.lead_groups (g, first_line, n, ek, external_id, company_name, contact_name, email, phone, website,
+                                   dom, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw,
+                                   conflicts)
+  select r.grp, min(r.line), count(*),
+    (array_agg(r.ek order by r.line) filter (where r.ek is not null))[1],
+    (array_agg(r.external_id order by r.line) filter (where r.external_id is not null))[1],
+    (array_agg(r.company_name order by r.line) filter (where r.company_name is not null))[1],
+    (array_agg(r.contact_name order by r.line) filter (where r.contact_name is not null))[1],
+    (array_agg(r.email order by r.line) filter (where r.email is not null))[1],
+    (array_agg(r.phone order by r.line) filter (where r.phone is not null))[1],
+    (array_agg(r.website order by r.line) filter (where r.website is not null))[1],
+    (array_agg(r.dom order by r.line) filter (where r.dom is not null))[1],
+    (array_agg(r.city order by r.line) filter (where r.city is not null))[1],
+    (array_agg(r.country order by r.line) filter (where r.country is not null))[1],
+    (array_agg(r.utm_source order by r.line) filter (where r.utm_source is not null))[1],
+    (array_agg(r.utm_medium order by r.line) filter (where r.utm_medium is not null))[1],
+    (array_agg(r.utm_campaign order by r.line) filter (where r.utm_campaign is not null))[1],
+    (array_agg(r.utm_content order by r.line) filter (where r.utm_content is not null))[1],
+    (array_agg(r.utm_term order by r.line) filter (where r.utm_term is not null))[1],
+    (array_agg(r.raw order by r.line))[1],
+    (select jsonb_object_agg(v.key, jsonb_build_object('kept', v.vals[1], 'offered', to_jsonb(v.vals[2:])))
+     from (select e.key, array_agg(distinct e.value) filter (where true) as vals0,
+                  (select array_agg(q.value order by q.first) from (
+                     select e2.value, min(x2.line) first from pg_temp.lead_rows x2,
+                       jsonb_each_text(jsonb_strip_nulls(jsonb_build_object('company_name', x2.company_name,
+                         'contact_name', x2.contact_name, 'email', x2.email, 'phone', x2.phone, 'website', x2.website,
+                         'city', x2.city, 'country', x2.country))) e2
+                     where x2.grp = r.grp and e2.key = e.key group by e2.value) q) as vals
+           from pg_temp.lead_rows x, jsonb_each_text(jsonb_strip_nulls(jsonb_build_object('company_name', x.company_name,
+                  'contact_name', x.contact_name, 'email', x.email, 'phone', x.phone, 'website', x.website,
+                  'city', x.city, 'country', x.country))) e
+           where x.grp = r.grp
+           group by e.key having count(distinct e.value) > 1) v)
+  from pg_temp.lead_rows r
+  where r.grp in (select x.grp from pg_temp.lead_rows x group by x.grp having count(*) > 1)
+  group by r.grp;
+  update pg_temp.lead_groups g set ck = private.name_key(g.company_name);
+
+  -- Phone links inside the batch: a later group with the phone of an earlier one joins it unless
+  -- they contradict; then it is a possible duplicate of it.
+  with shared as (
+    select g.g, min(g.g) over (partition by g.phone) as anchor from pg_temp.lead_groups g where g.phone is not null
+  ), verdict as (
+    select s.g, s.anchor,
+           (a.email is null or h.email is null or a.email = h.email) and (a.dom is null or h.dom is null or a.dom = h.dom)
+           and (a.ck is null or h.ck is null or a.ck = h.ck) as compatible
+    from shared s join pg_temp.lead_groups a on a.g = s.anchor join pg_temp.lead_groups h on h.g = s.g
+    where s.g <> s.anchor
+  )
+  update pg_temp.lead_groups g set dup_g = v.anchor,
+         contradicts = case when not v.compatible then '["phone"]'::jsonb end
+  from verdict v where g.g = v.g;
+  -- Compatible groups fold into their anchor: fill its empty columns, count their rows.
+  update pg_temp.lead_groups a set
+    n = a.n + m.n, email = coalesce(a.email, m.email), dom = coalesce(a.dom, m.dom), website = coalesce(a.website, m.website),
+    company_name = coalesce(a.company_name, m.company_name), contact_name = coalesce(a.contact_name, m.contact_name),
+    city = coalesce(a.city, m.city), country = coalesce(a.country, m.country)
+  from (select h.dup_g, sum(h.n)::int n, (array_agg(h.email order by h.g) filter (where h.email is not null))[1] email,
+               (array_agg(h.dom order by h.g) filter (where h.dom is not null))[1] dom,
+               (array_agg(h.website order by h.g) filter (where h.website is not null))[1] website,
+               (array_agg(h.company_name order by h.g) filter (where h.company_name is not null))[1] company_name,
+               (array_agg(h.contact_name order by h.g) filter (where h.contact_name is not null))[1] contact_name,
+               (array_agg(h.city order by h.g) filter (where h.city is not null))[1] city,
+               (array_agg(h.country order by h.g) filter (where h.country is not null))[1] country
+        from pg_temp.lead_groups h where h.dup_g is not null and h.contradicts is null group by h.dup_g) m
+  where a.g = m.dup_g;
+  update pg_temp.lead_rows r set grp = g.dup_g
+  from pg_temp.lead_groups g where g.dup_g is not null and g.contradicts is null and r.grp = g.g;
+  delete from pg_temp.lead_groups g where g.dup_g is not null and g.contradicts is null;
+
+  update pg_temp.lead_groups g set k = coalesce(g.ek, private.lead_key(g.dom, g.email, g.phone, g.external_id, g.company_name));
   analyze pg_temp.lead_groups;
 
-  -- Match existing leads set-based: the key first, then domain, e-mail, phone (oldest lead wins).
+  -- Match stored leads (oldest first): the key, then the company domain, the e-mail (a lead's or a
+  -- contact's), the phone (a lead's or a contact's) when nothing contradicts it.
   update pg_temp.lead_groups g set lead_id = l.id
   from public.leads l
-  where l.tenant_id = tenant and l.unique_lead_id = g.k;
+  where l.tenant_id = tenant and l.unique_lead_id = g.k and g.dup_g is null;
 
   update pg_temp.lead_groups g set lead_id = m.id
   from (select distinct on (l.domain_cleaned) l.domain_cleaned, l.id from public.leads l
-        where l.tenant_id = tenant and l.domain_cleaned in (select x.domain_cleaned from pg_temp.lead_groups x
-                                                            where x.lead_id is null and x.domain_cleaned is not null)
+        where l.tenant_id = tenant and l.domain_cleaned in (select x.dom from pg_temp.lead_groups x
+                                                            where x.lead_id is null and x.dom is not null)
         order by l.domain_cleaned, l.created_at) m
-  where g.lead_id is null and g.domain_cleaned = m.domain_cleaned;
+  where g.lead_id is null and g.dup_g is null and g.dom = m.domain_cleaned;
 
   update pg_temp.lead_groups g set lead_id = m.id
-  from (select distinct on (l.email) l.email, l.id from public.leads l
-        where l.tenant_id = tenant and l.email in (select x.email from pg_temp.lead_groups x
-                                                   where x.lead_id is null and x.email is not null)
-        order by l.email, l.created_at) m
-  where g.lead_id is null and g.email = m.email;
+  from (select distinct on (e.email) e.email, e.id from (
+          select l.email, l.id, l.created_at from public.leads l
+          where l.tenant_id = tenant and l.email in (select x.email from pg_temp.lead_groups x where x.lead_id is null and x.email is not null)
+          union all
+          select c.email, l.id, l.created_at from public.lead_contacts c join public.leads l on l.tenant_id = c.tenant_id and l.id = c.lead_id
+          where c.tenant_id = tenant and c.email in (select x.email from pg_temp.lead_groups x where x.lead_id is null and x.email is not null)
+        ) e order by e.email, e.created_at) m
+  where g.lead_id is null and g.dup_g is null and g.email = m.email;
 
-  update pg_temp.lead_groups g set lead_id = m.id
-  from (select distinct on (l.phone) l.phone, l.id from public.leads l
-        where l.tenant_id = tenant and l.phone in (select x.phone from pg_temp.lead_groups x
-                                                   where x.lead_id is null and x.phone is not null)
-        order by l.phone, l.created_at) m
-  where g.lead_id is null and g.phone = m.phone;
-
-  -- What a merge changes (non-empty new values that differ), before applying it.
-  update pg_temp.lead_groups g set changes = (
-    select coalesce(jsonb_object_agg(n.key, jsonb_build_object('old', o.value, 'new', n.value)), '{}')
-    from jsonb_each(jsonb_strip_nulls(to_jsonb(g) - 'k' - 'first_line' - 'lines' - 'raw' - 'lead_id' - 'changes')) n
-    left join jsonb_each(to_jsonb(l)) o on o.key = n.key
-    where o.value is distinct from n.value)
-  from public.leads l
-  where g.lead_id is not null and l.id = g.lead_id;
-
-  with upd as (
-    update public.leads l set
-      company_name = coalesce(g.company_name, l.company_name),
-      contact_name = coalesce(g.contact_name, l.contact_name),
-      email = coalesce(g.email, l.email),
-      phone = coalesce(g.phone, l.phone),
-      website = coalesce(g.website, l.website),
-      domain_cleaned = coalesce(g.domain_cleaned, l.domain_cleaned),
-      city = coalesce(g.city, l.city),
-      country = coalesce(g.country, l.country),
-      utm_source = coalesce(g.utm_source, l.utm_source),
-      utm_medium = coalesce(g.utm_medium, l.utm_medium),
-      utm_campaign = coalesce(g.utm_campaign, l.utm_campaign),
-      utm_content = coalesce(g.utm_content, l.utm_content),
-      utm_term = coalesce(g.utm_term, l.utm_term),
-      raw = l.raw || jsonb_build_object(source, g.raw)
-    from pg_temp.lead_groups g
-    where g.lead_id = l.id and g.changes <> '{}'
-    returning l.id
+  with by_phone as (
+    select distinct on (p.phone) p.phone, p.id, p.email, p.domain_cleaned, p.ck from (
+      select l.phone, l.id, l.created_at, l.email, l.domain_cleaned, private.name_key(l.company_name) ck from public.leads l
+      where l.tenant_id = tenant and l.phone in (select x.phone from pg_temp.lead_groups x where x.lead_id is null and x.phone is not null)
+      union all
+      select c.phone, l.id, l.created_at, l.email, l.domain_cleaned, private.name_key(l.company_name) from public.lead_contacts c
+      join public.leads l on l.tenant_id = c.tenant_id and l.id = c.lead_id
+      where c.tenant_id = tenant and c.phone in (select x.phone from pg_temp.lead_groups x where x.lead_id is null and x.phone is not null)
+    ) p order by p.phone, p.created_at
   )
+  update pg_temp.lead_groups g set
+    lead_id = case when ok then m.id end,
+    dup_of = case when not ok then m.id end,
+    contradicts = case when not ok then to_jsonb(array_remove(array[
+                    case when m.email is not null and g.email is not null and m.email <> g.email then 'email' end,
+                    case when m.domain_cleaned is not null and g.dom is not null and m.domain_cleaned <> g.dom then 'domain' end,
+                    case when m.ck is not null and g.ck is not null and m.ck <> g.ck then 'company_name' end], null)) end
+  from (select b.*, g2.g,
+               (b.email is null or g2.email is null or b.email = g2.email
+                or exists (select 1 from public.lead_contacts c where c.tenant_id = tenant and c.lead_id = b.id and c.email = g2.email))
+               and (b.domain_cleaned is null or g2.dom is null or b.domain_cleaned = g2.dom)
+               and (b.ck is null or g2.ck is null or b.ck = g2.ck) as ok
+        from by_phone b join pg_temp.lead_groups g2 on g2.phone = b.phone
+        where g2.lead_id is null and g2.dup_g is null) m
+  where g.g = m.g;
+
+  -- What a merge fills (empty columns) and what it would have replaced (conflicts), per lead.
+  update pg_temp.lead_groups g set
+    action = 'merged',
+    changes = (select coalesce(jsonb_object_agg(n.key, n.value), '{}') from jsonb_each(x.offered) n
+               where x.stored -> n.key is null or x.stored -> n.key = 'null'),
+    conflicts = coalesce(g.conflicts, '{}') || (
+               select coalesce(jsonb_object_agg(n.key, jsonb_build_object('kept', x.stored -> n.key, 'offered', n.value)), '{}')
+               from jsonb_each(x.offered) n
+               where x.stored -> n.key is not null and x.stored -> n.key <> 'null' and x.stored -> n.key <> n.value
+                 and not (n.key in ('company_name', 'contact_name')
+                          and private.name_key(x.stored ->> n.key) = private.name_key(n.value #>> '{}')))
+  from (select g2.g, to_jsonb(l) as stored,
+               jsonb_strip_nulls(jsonb_build_object('company_name', g2.company_name, 'contact_name', g2.contact_name,
+                 'email', g2.email, 'phone', g2.phone, 'website', g2.website, 'domain_cleaned', g2.dom, 'city', g2.city,
+                 'country', g2.country, 'utm_source', g2.utm_source, 'utm_medium', g2.utm_medium,
+                 'utm_campaign', g2.utm_campaign, 'utm_content', g2.utm_content, 'utm_term', g2.utm_term)) as offered
+        from pg_temp.lead_groups g2 join public.leads l on l.id = g2.lead_id
+        where g2.lead_id is not null) x
+  where g.g = x.g;
+
+  -- A scored lead whose qualifying fields were filled is scored again (unless a worker holds it).
+  update pg_temp.lead_groups g set action = 'rescored'
+  from public.leads l
+  where l.id = g.lead_id and g.changes ?| array['company_name', 'email', 'phone', 'website', 'domain_cleaned']
+    and l.locked_until is null
+    and l.processing_status in ('NORMALIZED', 'ENRICHED', 'QUALIFIED', 'CRM_SYNCED', 'NURTURING', 'CRM_ERROR');
+
+  update public.leads l set
+    company_name = coalesce(l.company_name, g.company_name),
+    contact_name = coalesce(l.contact_name, g.contact_name),
+    email = coalesce(l.email, g.email),
+    phone = coalesce(l.phone, g.phone),
+    website = coalesce(l.website, g.website),
+    domain_cleaned = coalesce(l.domain_cleaned, g.dom),
+    city = coalesce(l.city, g.city),
+    country = coalesce(l.country, g.country),
+    utm_source = coalesce(l.utm_source, g.utm_source),
+    utm_medium = coalesce(l.utm_medium, g.utm_medium),
+    utm_campaign = coalesce(l.utm_campaign, g.utm_campaign),
+    utm_content = coalesce(l.utm_content, g.utm_content),
+    utm_term = coalesce(l.utm_term, g.utm_term),
+    raw = l.raw || jsonb_build_object(source, g.raw),
+    processing_status = case when g.action = 'rescored' then 'RAW' else l.processing_status end
+  from pg_temp.lead_groups g
+  where g.lead_id = l.id;
+  select count(*) into n_res from pg_temp.lead_groups g where g.action = 'rescored';
+
   insert into public.processing_logs (tenant_id, lead_id, module, action, result, detail)
   select tenant, g.lead_id, 'ingest', 'merge', 'merged',
-         jsonb_build_object('source', source, 'line', g.first_line, 'changes', g.changes)
+         jsonb_build_object('source', source, 'line', g.first_line, 'rows', g.n, 'filled', g.changes,
+                            'conflicts', nullif(g.conflicts, '{}'), 'offered', g.raw, 'rescored', g.action = 'rescored')
   from pg_temp.lead_groups g where g.lead_id is not null;
-  get diagnostics n_mrg = row_count;
 
+  -- New leads, then the possible duplicates (which may point at a lead created just now).
   with ins as (
     insert into public.leads (tenant_id, unique_lead_id, company_name, contact_name, email, phone, website,
                               domain_cleaned, city, country, source, utm_source, utm_medium, utm_campaign,
                               utm_content, utm_term, raw, current_orchestrator_priority, next_orchestrator_module)
-    select tenant, g.k, g.company_name, g.contact_name, g.email, g.phone, g.website, g.domain_cleaned, g.city,
+    select tenant, g.k, g.company_name, g.contact_name, g.email, g.phone, g.website, g.dom, g.city,
            g.country, source, g.utm_source, g.utm_medium, g.utm_campaign, g.utm_content, g.utm_term,
            jsonb_build_object(source, g.raw),
-           private.lead_priority(source, null, coalesce(t.settings #> '{leads,priority}', '{}')),
-           (select r.module from private.lead_routes r where r.status = 'RAW')
+           private.lead_priority(source, null, rules,
+                                 case when g.raw ?| array['created_time', 'created_at'] then now() - private.lead_source_time(g.raw) end),
+           raw_module
     from pg_temp.lead_groups g
-    where g.lead_id is null
+    where g.lead_id is null and g.dup_of is null and g.dup_g is null
     order by g.first_line
     on conflict (tenant_id, unique_lead_id) do nothing
-    returning id
+    returning id, unique_lead_id
   )
-  insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
-  select tenant, ins.id, 'ingest', 'insert', 'ok', 'RAW', jsonb_build_object('source', source)
-  from ins;
+  update pg_temp.lead_groups g set lead_id = ins.id, action = 'inserted'
+  from ins where g.k = ins.unique_lead_id and g.lead_id is null and g.dup_of is null and g.dup_g is null;
   get diagnostics n_ins = row_count;
+  insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
+  select tenant, g.lead_id, 'ingest', 'insert', 'ok', 'RAW', jsonb_build_object('source', source, 'line', g.first_line)
+  from pg_temp.lead_groups g where g.action = 'inserted';
 
-  delete from private.lead_staging s where s.batch = ingest_staged.batch;
-  perform private.broadcast('tenant:' || tenant || ':leads', 'leads_imported',
-                            jsonb_build_object('inserted', n_ins, 'merged', n_mrg, 'source', source));
+  update pg_temp.lead_groups g set dup_of = a.lead_id
+  from pg_temp.lead_groups a where g.dup_g = a.g and g.dup_of is null;
+  with ins as (
+    insert into public.leads (tenant_id, unique_lead_id, company_name, contact_name, email, phone, website,
+                              domain_cleaned, city, country, source, utm_source, utm_medium, utm_campaign,
+                              utm_content, utm_term, raw, current_orchestrator_priority, processing_status, duplicate_of)
+    select tenant, g.k || '~' || substr(md5(batch::text || g.first_line), 1, 10), g.company_name, g.contact_name, g.email,
+           g.phone, g.website, g.dom, g.city, g.country, source, g.utm_source, g.utm_medium, g.utm_campaign, g.utm_content,
+           g.utm_term, jsonb_build_object(source, g.raw), private.lead_priority(source, null, rules),
+           'HUMAN_REVIEW_NEEDED', g.dup_of
+    from pg_temp.lead_groups g
+    where g.lead_id is null and g.dup_of is not null
+    on conflict (tenant_id, unique_lead_id) do nothing
+    returning id, duplicate_of, unique_lead_id
+  )
+  update pg_temp.lead_groups g set lead_id = ins.id, action = 'duplicate'
+  from ins where ins.unique_lead_id = g.k || '~' || substr(md5(batch::text || g.first_line), 1, 10);
+  get diagnostics n_dup = row_count;
+  insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
+  select tenant, g.lead_id, 'ingest', 'possible_duplicate', 'wait', 'HUMAN_REVIEW_NEEDED',
+         jsonb_build_object('source', source, 'line', g.first_line, 'duplicate_of', g.dup_of, 'matched_on', 'phone',
+                            'contradicts', g.contradicts)
+  from pg_temp.lead_groups g where g.action = 'duplicate';
+
+  -- Every person of every row, beside the lead's main contact, is kept.
+  insert into public.lead_contacts (tenant_id, lead_id, name, email, phone, source)
+  select distinct on (g.lead_id, coalesce(r.email, ''), coalesce(private.name_key(r.contact_name), ''), coalesce(r.phone, ''))
+         tenant, g.lead_id, r.contact_name, r.email, r.phone, source
+  from pg_temp.lead_rows r
+  join pg_temp.lead_groups g on g.g = r.grp and g.action in ('merged', 'rescored', 'inserted')
+  join public.leads l on l.id = g.lead_id
+  where (r.contact_name is not null or r.email is not null or r.phone is not null)
+    and not (coalesce(r.email = l.email, r.email is null)
+             and coalesce(private.name_key(r.contact_name) = private.name_key(l.contact_name), r.contact_name is null)
+             and coalesce(r.phone = l.phone, r.phone is null))
+    and not exists (select 1 from public.lead_contacts c
+                    where c.tenant_id = tenant and c.lead_id = g.lead_id
+                      and coalesce(r.email = c.email, r.email is null)
+                      and coalesce(private.name_key(r.contact_name) = private.name_key(c.name), r.contact_name is null)
+                      and coalesce(r.phone = c.phone, r.phone is null))
+    -- a row that only adds a phone or a name to the main contact's e-mail is the same person
+    and not (r.email is not null and r.email = l.email)
+  on conflict do nothing;
+
+  if announce then
+    perform private.broadcast('tenant:' || tenant || ':leads', 'leads_imported',
+                              jsonb_build_object('inserted', n_ins, 'merged', n_rows - n_ins - n_dup,
+                                                 'duplicates', n_dup, 'source', source));
+  end if;
   inserted := n_ins;
-  merged := n_mrg;
+  merged := n_rows - n_ins - n_dup;
+  duplicates := n_dup;
+  rescored := n_res;
+  rejected := n_rej;
   return next;
 end;
 $$;
-revoke execute on function private.ingest_staged(uuid, uuid, text) from public, anon;
-grant execute on function private.ingest_staged(uuid, uuid, text) to service_role;
+revoke execute on function private.ingest_staged(uuid, uuid, text, boolean) from public, anon;
+grant execute on function private.ingest_staged(uuid, uuid, text, boolean) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
 -- The status machine's one advance function (transition checked by the table's trigger; logged).

@@ -19,7 +19,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from luna.normalize import FREE_MAIL_DOMAINS, tr_lower
+from luna.normalize import tr_lower
 from luna.settings import get_settings
 
 PROMPT_VERSION = "lead-qualify-v1"
@@ -133,7 +133,11 @@ class OfflineProvider:
         target = [tr_lower(s) for s in (context.get("target_sectors") or [])]
 
         rule("corporate_domain", 15, bool(lead.get("domain_cleaned")))
-        rule("corporate_email", 10, bool(email_domain) and email_domain not in FREE_MAIL_DOMAINS)
+        # Free mail is the database's list (private.free_mail_domains): the normalize step records it;
+        # without that record, an address on the company's own domain is corporate.
+        free_mail = validation.get("free_mail")
+        rule("corporate_email", 10, bool(email_domain) and (
+            free_mail is False if free_mail is not None else email_domain.endswith(lead.get("domain_cleaned") or "\0")))
         rule("valid_phone", 10, bool(lead.get("phone")) and validation.get("phone_valid", True))
         rule("contact_name", 5, bool(lead.get("contact_name")))
         rule("website", 5, bool(lead.get("website")))

@@ -2,11 +2,11 @@
 
     normalize_phone("0532 123 45 67")            -> "+905321234567"
     normalize_email(" Ali@Örnek.COM.tr ")        -> "ali@örnek.com.tr"
-    domain_from(website="https://www.shop.acme.com.tr/x") -> "acme.com.tr"
-    domain_from(email="ali@gmail.com")           -> None   (free mail is never a company domain)
+    clean_domain("https://www.shop.acme.com.tr/x") -> "acme.com.tr"
 
-phonenumbers, email-validator (no DNS) and tldextract (bundled public suffix list, offline) do the
-work; results are cached per distinct value so bulk imports never repeat it. `normalize_record` turns
+The database defines these rules (migrations/20261203000000_one_normaliser.sql); the functions here
+are its fast twins for bulk imports, proven equal by tests/test_identifiers.py. phonenumbers and
+tldextract (bundled public suffix list, offline) do the work; results are cached per distinct value. `normalize_record` turns
 one raw row (any common header spelling) into the standard lead columns plus the reasons it is bad.
 """
 
@@ -18,18 +18,7 @@ import unicodedata
 from functools import lru_cache
 from typing import Iterable
 
-import phonenumbers
 import tldextract
-from email_validator import EmailNotValidError, validate_email
-
-# Free / consumer mail providers: their domains never identify a company. Mirrored in SQL
-# (private.free_mail_domains) so the database's dedupe rule agrees.
-FREE_MAIL_DOMAINS = frozenset("""
-gmail.com googlemail.com hotmail.com hotmail.com.tr outlook.com outlook.com.tr live.com live.com.tr msn.com
-yahoo.com yahoo.com.tr ymail.com icloud.com me.com mac.com aol.com gmx.com gmx.de gmx.net web.de mail.com
-yandex.com yandex.com.tr yandex.ru mail.ru protonmail.com proton.me tutanota.com zoho.com windowslive.com
-mynet.com superonline.com ttmail.com turk.net hotmail.co.uk yahoo.co.uk qq.com 163.com
-""".split())
 
 STANDARD_COLUMNS = (
     "company_name", "contact_name", "email", "phone", "website", "city", "country",
@@ -129,81 +118,146 @@ def fold_header(name: str) -> str:
 
 
 # ------------------------------------------------------------------------------------------ values
+# The Python twins of the database's identifier rules (migrations/20261203000000_one_normaliser.sql,
+# the one definition). They exist so a bulk import can precompute values for COPY on all cores;
+# tests/test_identifiers.py proves over tests/cases/identifiers.json that both give the same answers.
+
 # Turkish numbers written the usual ways (0532 123 45 67, +90 (212) 444 55 66, 905321234567): ten
 # national digits. Their validity depends only on the operator / area code, so phonenumbers decides it
 # once per six-digit prefix and the rest of a bulk import reuses the answer.
 _TR_FAST = re.compile(r"^(?:\+90|0090|90|0)?([2-5]\d{9})$")
-_TR_SEPARATORS = re.compile(r"[\s().\-/]")
+_PHONE_CHARS = re.compile(r"^\+?[0-9 ().\-/]+$")   # private.clean_phone: what a number may be written with
+_PHONE_SEPARATORS = re.compile(r"[^0-9]")
+_TEL = re.compile(r"^tel:", re.I)
 _TR_PREFIX_VALID: dict[str, bool] = {}
+
+
+def _identifier_text(raw) -> str:
+    """NFKC (full-width digits and @, compatibility spaces), whitespace collapsed, trimmed."""
+    text = str(raw)
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return " ".join(text.split())
 
 
 @lru_cache(maxsize=200_000)
 def normalize_phone(raw, region: str = "TR") -> str | None:
-    """A phone number in E.164 ("+905321234567"), read in `region` when it has no country code;
-    None when it is not a valid number."""
-    text = clean_text(raw)
-    if not text:
+    """A phone number in E.164 ("+905321234567"), read in `region` when it has no "+" or "00";
+    None when it is not a valid number. The algorithm is private.clean_phone's, step for step, over
+    the same numbering plans (libphonenumber's metadata, luna.refdata): only digits, spaces,
+    ( ) . - / and a leading + or "tel:" are allowed."""
+    if raw is None:
         return None
-    if (region or "TR") == "TR":
-        match = _TR_FAST.match(_TR_SEPARATORS.sub("", text))
-        if match:
+    text = _TEL.sub("", _identifier_text(raw)).strip()
+    if not text or not _PHONE_CHARS.match(text):
+        return None
+    region = (region or "TR").strip().upper() or "TR"
+    digits = _PHONE_SEPARATORS.sub("", text)
+    if text.startswith("+"):
+        return _from_digits(digits)
+    if digits.startswith("00"):
+        return _from_digits(digits[2:])
+    if region == "TR":
+        match = _TR_FAST.match(digits)
+        if match:  # the common case, decided once per operator / area prefix
             national = match.group(1)
             valid = _TR_PREFIX_VALID.get(national[:6])
             if valid is None:
-                valid = _TR_PREFIX_VALID[national[:6]] = _parse_phone("+90" + national, "TR") is not None
+                valid = _TR_PREFIX_VALID[national[:6]] = _from_digits("90" + national) is not None
             return "+90" + national if valid else None
-    return _parse_phone(text, region or "TR")
-
-
-def _parse_phone(text: str, region: str) -> str | None:
-    if text.startswith("00"):
-        text = "+" + text[2:]
-    try:
-        number = phonenumbers.parse(text, region)
-    except phonenumbers.NumberParseException:
+    plan = _phone_plans()[0].get(region)
+    if plan is None:
         return None
-    if not phonenumbers.is_valid_number(number):
+    code, prefix, pattern = plan
+    if prefix is not None and (m := prefix.match(digits)) and pattern.match(digits[m.end():]):
+        return f"+{code}{digits[m.end():]}"
+    if pattern.match(digits):
+        return f"+{code}{digits}"
+    if digits.startswith(str(code)):
+        return _from_digits(digits)
+    return None
+
+
+_INTERNATIONAL_DIGITS = re.compile(r"^[1-9][0-9]{3,16}$")
+
+
+def _from_digits(d: str) -> str | None:
+    """private.phone_from_digits: country code, then a number valid in one of its plans."""
+    if not _INTERNATIONAL_DIGITS.match(d):
         return None
-    return phonenumbers.format_number(number, phonenumbers.PhoneNumberFormat.E164)
+    by_code = _phone_plans()[1]
+    for i in (1, 2, 3):
+        plans = by_code.get(int(d[:i]))
+        if plans is None:
+            continue
+        rest = d[i:]
+        for prefix, pattern in plans:
+            if prefix is not None and (m := prefix.match(rest)) and pattern.match(rest[m.end():]):
+                return f"+{d[:i]}{rest[m.end():]}"
+            if pattern.match(rest):
+                return f"+{d[:i]}{rest}"
+        return None
+    return None
 
 
-_SIMPLE_EMAIL = re.compile(r"^[a-z0-9_%+'-]+(?:\.[a-z0-9_%+'-]+)*@([a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*\.[a-z]{2,63})$")
+@lru_cache(maxsize=1)
+def _phone_plans():
+    """({region: (code, prefix re, pattern re)}, {code: [(prefix re, pattern re)], main plan first})."""
+    from .refdata import phone_plans
+
+    by_region, by_code = {}, {}
+    for region, code, prefix, pattern, main in sorted(phone_plans(), key=lambda p: (not p[4], p[0])):
+        compiled = (re.compile("^(?:" + prefix + ")") if prefix else None, re.compile(pattern))
+        by_region[region] = (code, *compiled)
+        by_code.setdefault(code, []).append(compiled)
+    return by_region, by_code
 
 
-@lru_cache(maxsize=50_000)
-def _valid_mail_domain(domain: str) -> bool:
-    try:
-        validate_email("x@" + domain, check_deliverability=False)
-        return True
-    except EmailNotValidError:
-        return False
+# private.clean_email's pattern, character for character (atext or non-ASCII in dot-atoms, host
+# labels, a top-level label of two or more letters or an A-label).
+_ATEXT = "a-z0-9!#$%&'*+/=?^_`{|}~\u0080-\uffff-"
+_LABEL_CH = "a-z0-9\u0080-\uffff"
+_EMAIL = re.compile(f"^[{_ATEXT}]+(\\.[{_ATEXT}]+)*@([{_LABEL_CH}]([{_LABEL_CH}-]*[{_LABEL_CH}])?\\.)+"
+                    f"([a-z\u0080-\uffff]{{2,63}}|xn--[a-z0-9-]{{1,59}})$")
+_MAILTO = re.compile(r"^mailto:", re.I)
 
 
 @lru_cache(maxsize=200_000)
 def normalize_email(raw) -> str | None:
-    """A syntactically valid address, case-folded locale-independently (fold_identifier), international
-    domains kept; no DNS.
-    None when invalid."""
-    text = clean_text(raw)
-    if not text:
+    """A syntactically valid address (see private.clean_email), case-folded locale-independently
+    (fold_identifier), international domains kept in Unicode; no DNS. None when invalid."""
+    if raw is None:
         return None
-    text = fold_identifier(text.strip())
-    text = text.removeprefix("mailto:").strip()
-    if text.isascii():
-        # Fast path for plain ASCII addresses: the local part checked by pattern, the domain by
-        # email-validator once per distinct domain.
-        lowered = text.lower()
-        match = _SIMPLE_EMAIL.match(lowered)
-        if match and len(lowered) <= 254 and len(lowered.split("@", 1)[0]) <= 64:
-            domain = match.group(1)
-            if len(domain) <= 253 and all(len(label) <= 63 for label in domain.split(".")):
-                return lowered
-            return None
-    try:
-        result = validate_email(text, check_deliverability=False)
-    except EmailNotValidError:
+    text = str(raw).strip()
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text).strip()
+    text = fold_identifier(_MAILTO.sub("", text).strip())
+    if len(text) > 254 or not _EMAIL.match(text) or len(text.split("@", 1)[0]) > 64:
         return None
-    return fold_identifier(result.normalized)
+    return text
+
+
+_SCHEME = re.compile(r"^[a-z][a-z0-9+.-]*://")
+_HOST = re.compile(r"^[a-z0-9_-]+(\.[a-z0-9_-]+)+$")
+
+
+def clean_host(value) -> str | None:
+    """The host of a URL, e-mail domain or host name as A-labels (private.clean_host)."""
+    if value is None:
+        return None
+    text = str(value).strip()
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text).strip()
+    text = _SCHEME.sub("", fold_identifier(text), count=1)
+    for stop in ("/", "?", "#", "\\"):
+        text = text.split(stop, 1)[0]
+    text = text.rsplit("@", 1)[-1].split(":", 1)[0].strip(" ").strip(".")
+    if not text or any(c.isspace() for c in text):
+        return None
+    if not text.isascii():
+        text = ".".join(label if label.isascii() else "xn--" + label.encode("punycode").decode("ascii")
+                        for label in text.split("."))
+    return text if _HOST.match(text) else None
 
 
 @lru_cache(maxsize=200_000)
@@ -214,57 +268,14 @@ def _registered_domain(host: str) -> str | None:
     return f"{ext.domain}.{ext.suffix}"
 
 
-def clean_domain(value) -> str | None:
-    """The registrable domain of a URL or host name: scheme, credentials, port, path, www stripped,
-    public-suffix aware ("https://www.shop.acme.com.tr/x" -> "acme.com.tr")."""
-    text = clean_text(value)
-    if not text:
-        return None
-    text = fold_identifier(text)
-    text = re.sub(r"^[a-z][a-z0-9+.-]*://", "", text)
-    text = text.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
-    text = text.rsplit("@", 1)[-1].split(":", 1)[0].strip(".")
-    if not text or " " in text or "." not in text:
-        return None
-    try:
-        text = text.encode("idna").decode("ascii") if not text.isascii() else text
-    except UnicodeError:
-        return None
-    return _registered_domain(text)
-
-
-def is_free_mail(domain: str | None) -> bool:
-    return bool(domain) and domain in FREE_MAIL_DOMAINS
-
-
 @lru_cache(maxsize=200_000)
-def domain_from(website=None, email=None) -> str | None:
-    """The company's domain: from the website, else from the e-mail unless it is a free-mail address."""
-    domain = clean_domain(website)
-    if domain and not is_free_mail(domain):
-        return domain
-    address = normalize_email(email) if email else None
-    if address:
-        domain = clean_domain(address.rsplit("@", 1)[1])
-        if domain and not is_free_mail(domain):
-            return domain
-    return None
-
-
-def unique_lead_id(domain: str | None, email: str | None, phone: str | None,
-                   company_name: str | None = None, external_id: str | None = None) -> str | None:
-    """The deterministic per-tenant identity key; the same rule as private.lead_key in SQL."""
-    if domain:
-        return "d:" + domain
-    if email:
-        return "e:" + email
-    if phone:
-        return "p:" + phone
-    if external_id:
-        return "x:" + external_id
-    if company_name and (key := name_key(company_name)):
-        return "c:" + key
-    return None
+def clean_domain(value) -> str | None:
+    """The registrable domain of a URL or host name (private.website_domain): scheme, credentials,
+    port, path stripped, IDNA, one label below the public suffix ("https://www.shop.acme.com.tr/x" ->
+    "acme.com.tr"). Whether it names a company (free mail does not) is the database's rule
+    (private.company_domain)."""
+    host = clean_host(value)
+    return _registered_domain(host) if host else None
 
 
 # ------------------------------------------------------------------------------------------ records
@@ -297,42 +308,47 @@ def raw_keys(header: list[str]) -> list[str]:
     return keys
 
 
-def normalize_record(row: dict, region: str = "TR") -> tuple[dict, list[str]]:
+def normalize_record(row: dict, region: str = "TR") -> tuple[dict | None, list[str]]:
     """Map one raw row (any common header spelling) to the standard lead columns. Returns
-    (lead, problems); a row with problems is rejected by bulk imports (each problem a short reason)."""
+    (lead or None, issues) as normalize_values does."""
     keys = [k for k in row if k is not None]
     return normalize_values(pick_values(header_columns(keys), [row[k] for k in keys]), region)
 
 
-def normalize_values(values: dict, region: str = "TR") -> tuple[dict, list[str]]:
-    """Normalise values already keyed by standard column names."""
+def normalize_values(values: dict, region: str = "TR") -> tuple[dict | None, list[str]]:
+    """Normalise values already keyed by standard column names. Returns (lead, warnings), or
+    (None, reasons) when the row is rejected.
+
+    The acceptance rule is private.ingest_staged's (issue 9, item 6): a lead needs a company name, or
+    a valid e-mail, phone or website. An invalid e-mail, phone or website beside it is left out of
+    the columns (the row's raw payload keeps it) and reported as a warning. The staged
+    `domain_cleaned` is the website's registrable domain; the company domain (free mail excluded,
+    the e-mail's domain as fallback) and the identity key are the database's."""
     lead: dict = {}
     for column, value in values.items():
         text = clean_text(value)
         if text:
             lead[column] = text
-    problems: list[str] = []
-    raw_email, raw_phone = lead.get("email"), lead.get("phone")
+    issues: list[str] = []
+    raw_email, raw_phone, raw_website = lead.get("email"), lead.get("phone"), lead.get("website")
     if raw_email:
-        email = normalize_email(raw_email)
-        if email is None:
-            problems.append(f"invalid e-mail {raw_email!r}")
-        lead["email"] = email
+        lead["email"] = normalize_email(raw_email)
+        if lead["email"] is None:
+            issues.append(f"invalid e-mail {raw_email!r}")
     if raw_phone:
-        phone = normalize_phone(raw_phone, region)
-        if phone is None:
-            problems.append(f"invalid phone {raw_phone!r}")
-        lead["phone"] = phone
-    if not lead.get("company_name"):
-        problems.append("no company name")
-    if not (lead.get("email") or lead.get("phone") or lead.get("website")) and not problems:
-        problems.append("no e-mail, phone or website")
+        lead["phone"] = normalize_phone(raw_phone, region)
+        if lead["phone"] is None:
+            issues.append(f"invalid phone {raw_phone!r}")
+    lead["domain_cleaned"] = clean_domain(raw_website) if raw_website else None
+    if raw_website and lead["domain_cleaned"] is None:
+        issues.append(f"invalid website {raw_website!r}")
+        lead["website"] = None
+    if not (lead.get("company_name") or lead.get("email") or lead.get("phone") or lead["domain_cleaned"]
+            or lead.get("unique_lead_id") or lead.get("external_id")):
+        return None, issues or ["no company name, e-mail, phone or website"]
     if lead.get("city"):
         lead["city"] = _city(lead["city"])
-    lead["domain_cleaned"] = domain_from(lead.get("website"), lead.get("email"))
-    lead["unique_lead_id"] = lead.get("unique_lead_id") or unique_lead_id(
-        lead["domain_cleaned"], lead.get("email"), lead.get("phone"), lead.get("company_name"), lead.get("external_id"))
-    return lead, problems
+    return lead, issues
 
 
 @lru_cache(maxsize=10_000)
@@ -377,6 +393,6 @@ def iter_text(chunks: Iterable[bytes], encoding: str | None = None) -> Iterable[
             yield tail
 
 
-__all__ = ["normalize_phone", "normalize_email", "domain_from", "clean_domain", "is_free_mail", "unique_lead_id",
-           "normalize_record", "normalize_values", "header_columns", "pick_values", "raw_keys", "fold_identifier", "name_key", "tr_lower", "tr_upper", "tr_title", "clean_text", "sniff_encoding", "iter_text",
-           "FREE_MAIL_DOMAINS", "STANDARD_COLUMNS"]
+__all__ = ["normalize_phone", "normalize_email", "clean_domain", "clean_host", "normalize_record", "normalize_values",
+           "header_columns", "pick_values", "raw_keys", "fold_identifier", "name_key", "tr_lower", "tr_upper", "tr_title",
+           "clean_text", "sniff_encoding", "iter_text", "STANDARD_COLUMNS"]

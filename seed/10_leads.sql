@@ -41,3 +41,11 @@ insert into public.system_metrics (tenant_id, module, bucket, processed, errors,
 select t.id, 'ingest', date_trunc('minute', now()), (select count(*) from public.leads l where l.tenant_id = t.id), 0, 0, 0
 from public.tenants t where t.slug in ('demo', 'demo-2')
 on conflict (tenant_id, module, bucket) do nothing;
+
+-- A second person of one sample company per tenant (public.lead_contacts), merged by the company domain.
+select private.ingest_lead(s.tenant::uuid, 'form', s.payload::jsonb)
+from (values
+  ('00000000-0000-4000-8000-000000000001', '{"company_name": "Ilgaz Yazılım A.Ş.", "contact_name": "Kerem Ilgaz", "email": "kerem@ilgazyazilim.com"}'),
+  ('00000000-0000-4000-8000-000000000002', '{"company_name": "Anadolu Mobilya", "contact_name": "Sevgi Yurt", "email": "sevgi@anadolumobilya.com.tr"}')
+) as s(tenant, payload)
+where not exists (select 1 from public.lead_contacts c where c.tenant_id = s.tenant::uuid);

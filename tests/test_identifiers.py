@@ -7,7 +7,7 @@ import json
 import psycopg
 import pytest
 
-from luna.normalize import clean_domain, domain_from, normalize_email
+from luna.normalize import clean_domain, normalize_email, normalize_phone
 
 from .conftest import DEMO, token_for
 
@@ -30,11 +30,10 @@ DOMAIN_CASES = [
 @pytest.mark.parametrize("raw,email,domain", EMAIL_CASES)
 def test_email_fold_is_locale_independent_in_python_and_sql(conn, raw, email, domain):
     assert normalize_email(raw) == email
-    assert domain_from(email=raw) == domain
-    assert "ı" not in (normalize_email(raw) or "") and "xn--" not in (domain_from(email=raw) or "")
-    row = conn.execute("select private.clean_email(%s) as e, private.crm_email(%s) as c", (raw, raw)).fetchone()
-    assert row["e"] == email
-    assert row["c"] == email
+    assert "ı" not in (normalize_email(raw) or "")
+    row = conn.execute("select private.clean_email(%s) as e, private.crm_email(%s) as c, "
+                       "private.company_domain(null, %s) as d", (raw, raw, raw)).fetchone()
+    assert row == {"e": email, "c": email, "d": domain}
 
 
 @pytest.mark.parametrize("raw,domain", DOMAIN_CASES)
@@ -104,8 +103,6 @@ def test_name_key_python_and_sql_agree_on_the_case_table(conn, raw, key):
 
 
 def test_typographic_variants_of_a_company_are_one_lead(conn):
-    from luna.normalize import unique_lead_id
-
     names = ["Ayşe'nin Butiği", "Ayşe\u2019nin Butiği", "Ayşe\u2019nin\u00a0Butiği", "AYŞE'NİN  BUTİĞİ"]
     for name in names:
         conn.execute("select * from private.ingest_lead(%s, 'form', %s)",
@@ -113,8 +110,6 @@ def test_typographic_variants_of_a_company_are_one_lead(conn):
     keys = conn.execute("select distinct unique_lead_id from leads where tenant_id = %s and company_name ilike 'ay%%butiğ%%'",
                         (DEMO,)).fetchall()
     assert keys == [{"unique_lead_id": "c:ayşe'nin butiği"}]
-    # The bulk (COPY) path precomputes the same key in Python.
-    assert {unique_lead_id(None, None, None, n) for n in names} == {"c:ayşe'nin butiği"}
 
 
 def test_duplicate_columns_are_coalesced_and_raw_keeps_both(client, conn):
@@ -130,3 +125,68 @@ def test_duplicate_columns_are_coalesced_and_raw_keeps_both(client, conn):
     assert rows["Ege Balık"]["phone"] == "+905321002031"  # the first non-empty value is used
     assert rows["Ege Balık"]["raw"]["csv"] == {"company_name": "Ege Balık", "contact_name": "Ece Ak",
                                               "phone": "0532 100 20 31", "phone (2)": "0544 111 22 78", "city": "İzmir"}
+
+
+# ------------------------------------------------------------------ one normaliser per identifier
+CASES = json.loads((__import__("pathlib").Path(__file__).parent / "cases" / "identifiers.json").read_text("utf-8"))
+
+
+def _sql_answers(conn, fn: str, args: list[tuple]) -> list:
+    """One round trip for a whole column of the case table."""
+    placeholders = ", ".join(["%s"] * len(args[0]))
+    sql = f"select {fn}({placeholders}) as v"
+    return [conn.execute(sql, a).fetchone()["v"] for a in args]
+
+
+def test_phone_rule_database_and_fast_path_agree_on_the_case_table(conn):
+    cases = CASES["phones"]
+    sql = _sql_answers(conn, "private.clean_phone", [(raw, region) for raw, region, _ in cases])
+    wrong = [(raw, region, want, got_sql, normalize_phone(raw, region))
+             for (raw, region, want), got_sql in zip(cases, sql) if not (got_sql == want == normalize_phone(raw, region))]
+    assert wrong == [], "(input, region, expected, database, python)"
+
+
+def test_email_rule_database_and_fast_path_agree_on_the_case_table(conn):
+    cases = CASES["emails"]
+    sql = _sql_answers(conn, "private.clean_email", [(raw,) for raw, _ in cases])
+    wrong = [(raw, want, got, normalize_email(raw)) for (raw, want), got in zip(cases, sql)
+             if not (got == want == normalize_email(raw))]
+    assert wrong == [], "(input, expected, database, python)"
+
+
+def test_domain_rule_database_and_fast_path_agree_on_the_case_table(conn):
+    cases = CASES["domains"]
+    sql = _sql_answers(conn, "private.website_domain", [(raw,) for raw, _ in cases])
+    wrong = [(raw, want, got, clean_domain(raw)) for (raw, want), got in zip(cases, sql)
+             if not (got == want == clean_domain(raw))]
+    assert wrong == [], "(input, expected, database, python)"
+
+
+def test_company_domain_rule_free_mail_and_fallback(conn):
+    cases = CASES["company_domains"]
+    sql = _sql_answers(conn, "private.company_domain", [(w, e) for w, e, _ in cases])
+    assert [(w, e, got) for (w, e, _), got in zip(cases, sql)] == [tuple(c) for c in cases]
+
+
+def test_crm_and_leads_share_the_phone_rule(conn):
+    for raw, region, want in CASES["phones"]:
+        assert conn.execute("select private.crm_phone(%s, %s) as v", (raw, region)).fetchone()["v"] == want, raw
+
+
+def test_fast_path_agrees_with_the_database_on_generated_numbers(conn):
+    """Beyond the table: every region's example numbers from libphonenumber's metadata, written
+    nationally and internationally, get the same answer from both."""
+    import phonenumbers
+
+    inputs = []
+    for region in sorted(phonenumbers.SUPPORTED_REGIONS):
+        for kind in (phonenumbers.PhoneNumberType.MOBILE, phonenumbers.PhoneNumberType.FIXED_LINE):
+            example = phonenumbers.example_number_for_type(region, kind)
+            if example is None:
+                continue
+            inputs.append((phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.INTERNATIONAL), "TR"))
+            inputs.append((phonenumbers.format_number(example, phonenumbers.PhoneNumberFormat.NATIONAL), region))
+    sql = _sql_answers(conn, "private.clean_phone", inputs)
+    wrong = [(raw, region, got, normalize_phone(raw, region)) for (raw, region), got in zip(inputs, sql)
+             if got != normalize_phone(raw, region)]
+    assert wrong == [], "(input, region, database, python)"

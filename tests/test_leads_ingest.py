@@ -5,7 +5,7 @@ CSV edge cases (bad rows reported by line, Windows-1254, BOM, quoted commas), re
 import psycopg
 import pytest
 
-from luna.normalize import domain_from, normalize_email, normalize_phone, tr_title
+from luna.normalize import clean_domain, normalize_email, normalize_phone, tr_title
 
 from .conftest import DEMO, DEMO2, as_user
 
@@ -15,18 +15,22 @@ def ingest(conn, payload, source="form", tenant=DEMO):
                         (tenant, source, psycopg.types.json.Jsonb(payload))).fetchone()
 
 
-def test_normalizers():
+def test_normalizers(conn):
     assert normalize_phone("0532 123 45 67") == "+905321234567"
     assert normalize_phone("(212) 444 55 66") == "+902124445566"
     assert normalize_phone("202-555-0143", "US") == "+12025550143"
     assert normalize_phone("12345") is None
     assert normalize_email(" Ali.VELİ@Firma.COM.TR ") == "ali.veli@firma.com.tr"
     assert normalize_email("not-an-email@") is None
-    assert domain_from(website="https://www.shop.acme.com.tr/urunler?x=1") == "acme.com.tr"
-    assert domain_from(website="http://user@Acme.co.uk:8080") == "acme.co.uk"
-    assert domain_from(email="ali@gmail.com") is None
-    assert domain_from(website="gmail.com", email="x@hotmail.com.tr") is None
-    assert domain_from(email="ayse@gulusdis.com.tr") == "gulusdis.com.tr"
+    assert clean_domain("https://www.shop.acme.com.tr/urunler?x=1") == "acme.com.tr"
+    assert clean_domain("http://user@Acme.co.uk:8080") == "acme.co.uk"
+
+    def company(website=None, email=None):
+        return conn.execute("select private.company_domain(%s, %s) as d", (website, email)).fetchone()["d"]
+
+    assert company(email="ali@gmail.com") is None
+    assert company(website="gmail.com", email="x@hotmail.com.tr") is None
+    assert company(email="ayse@gulusdis.com.tr") == "gulusdis.com.tr"
     assert tr_title("İSTANBUL") == "İstanbul" and tr_title("ıĞDIR") == "Iğdır"
 
 
@@ -50,12 +54,13 @@ def test_merge_never_blanks_and_records_changes(conn):
     assert second["lead_id"] == first["lead_id"] and second["action"] == "merged"
     lead = conn.execute("select * from leads where id = %s", (first["lead_id"],)).fetchone()
     assert lead["company_name"] == "Acme" and lead["contact_name"] == "Ali"
-    assert lead["phone"] == "+905320001122" and lead["city"] == "Izmir"
+    assert lead["phone"] == "+905320001122"
+    assert lead["city"] == "İzmir", "a merge fills empty columns; it never replaces a value"
     assert set(lead["raw"]) == {"form", "csv"}
     merge = conn.execute("select detail from processing_logs where lead_id = %s and action = 'merge'",
                          (first["lead_id"],)).fetchone()["detail"]
-    assert set(merge["changes"]) == {"phone", "website", "city"}
-    assert merge["changes"]["city"] == {"old": "İzmir", "new": "Izmir"}
+    assert set(merge["filled"]) == {"phone", "website"}
+    assert merge["conflicts"] == {"city": {"kept": "İzmir", "offered": "Izmir"}}
     assert conn.execute("select count(*) as n from leads where tenant_id = %s and company_name = 'Acme'",
                         (DEMO,)).fetchone()["n"] == 1
 
@@ -109,7 +114,11 @@ def test_logs_and_metrics_are_read_only_for_users(conn):
 def test_turkish_phone_fast_path_agrees_with_phonenumbers():
     import random
 
-    from luna.normalize import _parse_phone
+    import phonenumbers
+
+    def _parse_phone(text, region):
+        number = phonenumbers.parse(text, region)
+        return phonenumbers.format_number(number, 0) if phonenumbers.is_valid_number(number) else None
 
     rng = random.Random(5)
     for _ in range(3000):
@@ -127,7 +136,7 @@ def test_csv_decoding_and_copy_text():
     assert sniff_encoding(data) == "cp1254"
     result = ImportResult()
     rows = list(parse([data[:7], data[7:]], "TR", result))
-    assert result.rows == 1 and rows[0][0] == 2 and rows[0][2] == "Tab ve\\ters, bölü"
+    assert result.rows == 1 and rows[0][0] == 2 and rows[0][3] == "Tab ve\\ters, bölü"
     import uuid
     block = "".join(parse([data], "TR", ImportResult(), copy_batch=uuid.UUID(int=1)))
     assert block.count("\n") == 1 and "\\\\ters" in block and "\\n" in block  # escaped for COPY

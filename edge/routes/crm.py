@@ -22,7 +22,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from psycopg.types.json import Jsonb
 
-from luna.normalize import fold_header, normalize_email, normalize_phone
+from luna.normalize import fold_header
 
 from ..db import as_user
 from ..errors import ApiError
@@ -89,12 +89,8 @@ def parse(text: str, mapping: str | None, region: str) -> tuple[list[dict], int]
             value = values[i].strip() if i < len(values) else ""
             if value:
                 row[field] = value
-        # libphonenumber reads any country's numbers; what it cannot read goes to the database as
-        # given, which refuses it with the line's error.
-        if "phone" in row:
-            row["phone"] = normalize_phone(row["phone"], region) or row["phone"]
-        if "email" in row:
-            row["email"] = normalize_email(row["email"]) or row["email"]
+        # Phones and e-mails go to the database as given: its rules (private.clean_phone / clean_email)
+        # clean them, and refuse what they cannot read with the line's error.
         rows.append(row)
     return rows, reader.line_num
 

@@ -23,15 +23,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg.types.json import Jsonb
 
-from luna.normalize import STANDARD_COLUMNS, normalize_values
-
 from .. import auth
 from ..db import as_service, pool_of, request_headers, transaction
 from ..errors import ApiError
 
 router = APIRouter(tags=["leads"])
 BODY_LIMITS = {"/v1/leads/import": "upload"}
-FORM_FIELDS = set(STANDARD_COLUMNS) | {"external_id"}
 
 
 async def _caller_tenant(request: Request, write: bool = True) -> tuple[str, dict]:
@@ -61,11 +58,6 @@ async def _caller_tenant(request: Request, write: bool = True) -> tuple[str, dic
     return str(row["tenant"]), claims
 
 
-async def _tenant_region(conn, tenant: str) -> str:
-    row = await (await conn.execute("select default_region from public.tenants where id = %s", (tenant,))).fetchone()
-    return row["default_region"] if row else "TR"
-
-
 @router.post("/v1/leads", status_code=201)
 async def create_lead(request: Request):
     """One lead from a landing-page form or an app. Returns {lead_id, action: inserted|merged, warnings}."""
@@ -89,18 +81,11 @@ async def create_lead(request: Request):
         tenant, _ = await _caller_tenant(request)
         source = str(body.get("source") or "manual")[:40]
     async with as_service(request) as conn:
-        region = await _tenant_region(conn, tenant)
-        values, problems = normalize_values({k: v for k, v in body.items() if k in FORM_FIELDS and v is not None}, region)
-        # Cleaned values for the standard columns; the body as sent is kept whole in the raw payload.
-        payload = {**body, **{k: v for k, v in values.items() if v is not None and k in FORM_FIELDS | {"domain_cleaned"}}}
-        for column in ("email", "phone"):
-            if body.get(column) and values.get(column) is None:
-                payload.pop(column, None)
-        payload["_submitted"] = body
+        # The body goes to the database as sent: private.ingest_lead cleans the standard fields, keeps
+        # the lead for one bad field (with a warning) and keeps the whole body in raw.
         row = await (await conn.execute("select * from private.ingest_lead(%s, %s, %s)",
-                                        (tenant, source, Jsonb(payload)))).fetchone()
-    warnings = [p for p in problems if p != "no company name"]
-    return JSONResponse({"lead_id": str(row["lead_id"]), "action": row["action"], "warnings": warnings},
+                                        (tenant, source, Jsonb(body)))).fetchone()
+    return JSONResponse({"lead_id": str(row["lead_id"]), "action": row["action"], "warnings": row["warnings"]},
                         status_code=201 if row["action"] == "inserted" else 200)
 
 

@@ -19,7 +19,7 @@ import asyncio
 import os
 
 from luna import ai
-from luna.normalize import domain_from, is_free_mail, normalize_email, normalize_phone, tr_title
+from luna.normalize import tr_title
 from worker.adapters.apollo import BULK_LIMIT, ApolloAdapter
 from worker.adapters.base import KeyBatcher
 from worker.adapters.clearbit import ClearbitAdapter
@@ -64,24 +64,28 @@ def apollo_batcher(ctx, a: ApolloAdapter) -> KeyBatcher:
 # ------------------------------------------------------------------------------------------ normalize
 @LEADS.handler("normalize")
 async def normalize(ctx, row: dict) -> dict:
+    """Re-apply the database's identifier rules (a lead written straight into the table, by Glide or
+    SQL, has not been through them) and record what they found."""
     lead, config = row["lead"], row["config"] or {}
     region = config.get("region") or "TR"
-    raw: dict = {}  # claim_leads leaves the raw payload out; the SQL columns carry the cleaned values
+    async with ctx.pool.connection() as conn:
+        found = await (await conn.execute(
+            """select private.clean_email(%(e)s) as email, private.clean_phone(%(p)s, %(r)s) as phone,
+                      private.company_domain(%(w)s, %(e)s) as domain_cleaned,
+                      exists (select 1 from private.free_mail_domains f
+                              where f.domain = private.website_domain(split_part(private.clean_email(%(e)s), '@', 2))) as free_mail""",
+            {"e": lead.get("email"), "p": lead.get("phone"), "r": region, "w": lead.get("website")})).fetchone()
     values: dict = {}
-    email = normalize_email(lead.get("email") or raw.get("email")) if (lead.get("email") or raw.get("email")) else None
-    phone = normalize_phone(lead.get("phone") or raw.get("phone"), region) if (lead.get("phone") or raw.get("phone")) else None
-    domain = domain_from(lead.get("website"), email)
-    for column, value in (("email", email), ("phone", phone), ("domain_cleaned", domain)):
-        if value and value != lead.get(column):
-            values[column] = value
+    for column in ("email", "phone", "domain_cleaned"):
+        if found[column] and found[column] != lead.get(column):
+            values[column] = found[column]
     if lead.get("city"):
         city = tr_title(lead["city"])
         if city != lead["city"]:
             values["city"] = city
-    validation = {"phone_valid": bool(phone) if (lead.get("phone") or raw.get("phone")) else None,
-                  "email_syntax_valid": bool(email) if (lead.get("email") or raw.get("email")) else None,
-                  "free_mail": is_free_mail((email or "").rsplit("@", 1)[-1]) if email else None}
-    values["validation"] = validation
+    values["validation"] = {"phone_valid": bool(found["phone"]) if lead.get("phone") else None,
+                            "email_syntax_valid": bool(found["email"]) if lead.get("email") else None,
+                            "free_mail": found["free_mail"] if found["email"] else None}
     return {"status": "NORMALIZED", "action": "normalize", "set": values,
             "detail": {"changed": sorted(k for k in values if k != "validation")}}
 

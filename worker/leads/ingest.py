@@ -18,9 +18,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from luna.normalize import header_columns, iter_text, normalize_values, pick_values, raw_keys
+from luna.normalize import _phone_plans, header_columns, iter_text, normalize_values, pick_values, raw_keys
 
-STAGE_COLUMNS = ("batch", "line", "unique_lead_id", "company_name", "contact_name", "email", "phone", "website",
+STAGE_COLUMNS = ("batch", "line", "unique_lead_id", "external_id", "company_name", "contact_name", "email", "phone", "website",
                  "domain_cleaned", "city", "country", "utm_source", "utm_medium", "utm_campaign", "utm_content",
                  "utm_term", "raw")
 COPY_SQL = f"copy private.lead_staging ({', '.join(STAGE_COLUMNS)}) from stdin"
@@ -32,13 +32,17 @@ class ImportResult:
     rows: int = 0
     inserted: int = 0
     merged: int = 0
+    duplicates: int = 0   # kept as possible duplicates for review (same phone, contradicting details)
+    rescored: int = 0     # scored leads a merge filled in, sent back to be scored again
     rejected: int = 0
-    errors: list[dict] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)     # rejected rows: {"line", "reason"}
+    warnings: list[dict] = field(default_factory=list)   # imported rows with a value left out: {"line", "reason"}
     timings: dict = field(default_factory=dict)   # seconds per phase (not part of as_dict)
 
     def as_dict(self) -> dict:
-        return {"rows": self.rows, "inserted": self.inserted, "merged": self.merged, "rejected": self.rejected,
-                "errors": self.errors}
+        return {"rows": self.rows, "inserted": self.inserted, "merged": self.merged, "duplicates": self.duplicates,
+                "rescored": self.rescored, "rejected": self.rejected, "errors": self.errors,
+                "warnings": self.warnings}
 
 
 def _lines(texts: Iterable[str]) -> Iterator[str]:
@@ -113,6 +117,7 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
         if items:
             yield items
 
+    _phone_plans()  # load the numbering plans once, before the pool forks
     source = raw_chunks()
     first = next(source, None)
     if first is None:
@@ -133,10 +138,13 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
     else:
         outputs = (_normalize_chunk((spec, items)) for items in jobs)
     try:
-        for rows, errors, count in outputs:
+        for rows, errors, warnings, count in outputs:
             result.rows += count
             for line, reason in errors:
                 _reject(result, line, reason)
+            for line, reason in warnings:
+                if len(result.warnings) < MAX_ERRORS_KEPT:
+                    result.warnings.append({"line": line, "reason": reason})
             if isinstance(rows, str):
                 if rows:
                     yield rows
@@ -149,29 +157,31 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
             pool.shutdown(cancel_futures=True)
 
 
-def _normalize_chunk(args) -> tuple[list[tuple], list[tuple[int, str]], int]:
+def _normalize_chunk(args) -> tuple[list[tuple] | str, list[tuple[int, str]], list[tuple[int, str]], int]:
     (region, columns, header, batch), items = args
     width = len(header)
     keys = raw_keys(header)
     dumps = json.dumps
-    rows, errors = [], []
+    rows, errors, warnings = [], [], []
     for line, values in items:
         if len(values) > width and any(v.strip() for v in values[width:]):
             errors.append((line, f"{len(values)} fields where the header has {width} (unquoted comma?)"))
             continue
-        lead, problems = normalize_values(pick_values(columns, values), region)
-        if problems:
-            errors.append((line, "; ".join(problems)))
+        lead, issues = normalize_values(pick_values(columns, values), region)
+        if lead is None:
+            errors.append((line, "; ".join(issues)))
             continue
+        if issues:
+            warnings.append((line, "; ".join(issues) + " (left out; kept in raw)"))
         raw = {keys[i]: v for i, v in enumerate(values[:width]) if v}
-        rows.append((line, lead["unique_lead_id"], lead.get("company_name"), lead.get("contact_name"),
+        rows.append((line, lead.get("unique_lead_id"), lead.get("external_id"), lead.get("company_name"), lead.get("contact_name"),
                      lead.get("email"), lead.get("phone"), lead.get("website"), lead.get("domain_cleaned"),
                      lead.get("city"), lead.get("country"), lead.get("utm_source"), lead.get("utm_medium"),
                      lead.get("utm_campaign"), lead.get("utm_content"), lead.get("utm_term"),
                      dumps(raw, ensure_ascii=False)))
     if batch is not None:
-        return "".join(_copy_line(batch, row) for row in rows), errors, len(items)
-    return rows, errors, len(items)
+        return "".join(_copy_line(batch, row) for row in rows), errors, warnings, len(items)
+    return rows, errors, warnings, len(items)
 
 
 _COPY_ESCAPE = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
@@ -223,12 +233,11 @@ def import_csv(conn, tenant: str, chunks: Iterable[bytes], source: str = "csv",
 
 
 def _count(result: ImportResult, counts) -> None:
-    if isinstance(counts, dict):
-        result.inserted, result.merged = counts["inserted"], counts["merged"]
-    else:
-        result.inserted, result.merged = counts
-    # Rows that were duplicates of another row in the same file merged into it.
-    result.merged = result.rows - result.rejected - result.inserted
+    """Take private.ingest_staged's counts (a dict row or a tuple in its column order)."""
+    names = ("inserted", "merged", "duplicates", "rescored", "rejected")
+    values = [counts[n] for n in names] if isinstance(counts, dict) else list(counts)
+    result.inserted, result.merged, result.duplicates, result.rescored = values[:4]
+    result.rejected += values[4]
 
 
 def file_chunks(path, size: int = 1 << 20) -> Iterator[bytes]:

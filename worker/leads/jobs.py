@@ -18,22 +18,14 @@ from worker.adapters.slack import SlackAdapter
 from worker.errors import JobError, Permanent
 from worker.registry import every, job
 
-from luna.normalize import normalize_values
-
 log = logging.getLogger("luna.worker.leads")
 
 
 async def ingest(conn, tenant: str, source: str, payload: dict) -> dict:
-    """Normalise in Python (tenant region) and ingest through the one SQL function."""
-    region_row = await (await conn.execute("select default_region from public.tenants where id = %s", (tenant,))).fetchone()
-    values, _ = normalize_values({k: v for k, v in payload.items() if isinstance(v, (str, int))}, region_row["default_region"])
-    clean = {**payload, **{k: v for k, v in values.items() if v is not None}}
-    for column in ("email", "phone"):
-        if payload.get(column) and values.get(column) is None:
-            clean.pop(column, None)
+    """Ingest one lead through the one SQL function (it cleans, dedupes and warns)."""
     row = await (await conn.execute("select * from private.ingest_lead(%s, %s, %s)",
-                                    (tenant, source, Jsonb(clean)))).fetchone()
-    return {"lead_id": str(row["lead_id"]), "action": row["action"]}
+                                    (tenant, source, Jsonb(payload)))).fetchone()
+    return {"lead_id": str(row["lead_id"]), "action": row["action"], "warnings": row["warnings"]}
 
 
 async def _meta_source(conn, tenant: str, page_id: str) -> dict:
