@@ -489,33 +489,37 @@ grant execute on function public.customer_viewer(uuid, int) to authenticated, se
 /*
  * Targeted notifications: target = {"user_id": uuid} | {"user_ids": [...]} | {"role": "supervisor"} |
  * {"customer_id": uuid} (the customer's responsibles); keys combine. Each recipient gets a row and a
- * broadcast on user:<uid> (trigger). Returns the number of recipients.
+ * broadcast on user:<uid> (trigger). Returns the number of recipients. With a step_key (a worker's
+ * step, say 'lead_synced:<lead>:0'), a recipient who already has that step's notification gets none.
  */
 create or replace function private.crm_notify(tenant uuid, target jsonb, kind text, title text, body text default null,
-                                              data jsonb default '{}', customer uuid default null)
+                                              data jsonb default '{}', customer uuid default null,
+                                              step_key text default null)
 returns int
 language plpgsql
 security definer
 set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   n int;
 begin
-  insert into public.notifications (tenant_id, user_id, kind, title, body, data, customer_id)
+  insert into public.notifications (tenant_id, user_id, kind, title, body, data, customer_id, step_key)
   select tenant, m.user_id, kind, title, body, coalesce(data, '{}'),
-         coalesce(customer, nullif(target ->> 'customer_id', '')::uuid)
+         coalesce(customer, nullif(target ->> 'customer_id', '')::uuid), step_key
   from public.tenant_members m
   where m.tenant_id = tenant and m.active and (
         m.user_id = nullif(target ->> 'user_id', '')::uuid
      or m.user_id in (select jsonb_array_elements_text(coalesce(target -> 'user_ids', '[]'))::uuid)
      or m.role::text = target ->> 'role'
      or m.user_id = any(coalesce((select c.responsibles from public.customers c
-                                  where c.tenant_id = tenant and c.id = nullif(target ->> 'customer_id', '')::uuid), '{}')));
+                                  where c.tenant_id = tenant and c.id = nullif(target ->> 'customer_id', '')::uuid), '{}')))
+  on conflict (tenant_id, user_id, step_key) where step_key is not null do nothing;
   get diagnostics n = row_count;
   return n;
 end;
 $$;
-grant execute on function private.crm_notify(uuid, jsonb, text, text, text, jsonb, uuid) to service_role;
+grant execute on function private.crm_notify(uuid, jsonb, text, text, text, jsonb, uuid, text) to service_role;
 
 create or replace function public.send_notification(target jsonb, title text, body text default null,
                                                     customer uuid default null, data jsonb default '{}')
@@ -923,7 +927,7 @@ $$;
 grant execute on function private.crm_sync_payload(uuid) to service_role;
 
 -- Service-only functions (the default grants private functions to authenticated too).
-revoke execute on function private.match_or_create_customer(uuid, text, text, text, jsonb), private.crm_notify(uuid, jsonb, text, text, text, jsonb, uuid),
+revoke execute on function private.match_or_create_customer(uuid, text, text, text, jsonb), private.crm_notify(uuid, jsonb, text, text, text, jsonb, uuid, text),
   private.crm_fire_due_reminders(int), private.crm_pick_rep(uuid, jsonb), private.crm_sync_payload(uuid),
   private.crm_owner_guard(uuid, uuid) from public, authenticated;
 
@@ -940,6 +944,10 @@ revoke execute on function private.match_or_create_customer(uuid, text, text, te
  * (PT422 with code=...), which the worker turns into CRM_ERROR with the reason.
  * Leased by the worker: the worker completes the lead with the returned status. Not leased (a person
  * retrying from SQL): the status is applied here through private.advance_lead.
+ * Exactly once per lead and pass (private.step_marks 'crm_sync:<lead>:<pass>', taken in this
+ * transaction): a retry after a worker died returns the first result with "replayed": true, and
+ * writes no second timeline event, notification or job; the timeline event and notification carry
+ * the same step key as a second guard.
  */
 create or replace function private.sync_lead_to_crm(lead_id uuid) returns jsonb
 language plpgsql
@@ -958,6 +966,9 @@ declare
   card_created boolean := false;
   result jsonb;
   display_name text;
+  pass int;
+  step text;
+  again text;
 begin
   select * into l from public.leads x where x.id = lead_id;
   if not found then
@@ -968,6 +979,18 @@ begin
   end if;
   if coalesce(l.lead_category, 'COLD') <> 'HOT' then
     result := jsonb_build_object('status', 'NURTURING', 'category', l.lead_category);
+  else
+    -- Once per lead and pass: a worker that died after this committed (before its batch settled)
+    -- hands the lead out again, and the retry finds the step done. A later pass (the lead synced,
+    -- then came back through review) is a new step.
+    pass := (select count(*) from public.processing_logs g
+             where g.tenant_id = l.tenant_id and g.lead_id = l.id and g.module = 'crm_sync' and g.to_status = 'CRM_SYNCED');
+    step := l.id || ':' || pass;
+    again := case when pass > 0 then ':' || pass else '' end;
+    result := private.step_claim('crm_sync:' || step, l.tenant_id);
+  end if;
+  if result is not null then
+    result := case when result ? 'customer_id' then result || '{"replayed": true}' else result end;
   else
     display_name := coalesce(nullif(trim(l.contact_name), ''), nullif(trim(l.company_name), ''));
     customer := private.match_or_create_customer(l.tenant_id, display_name, l.phone, l.email,
@@ -1015,26 +1038,27 @@ begin
     end if;
     perform private.crm_timeline(l.tenant_id, customer, 'lead_synced',
       jsonb_build_object('lead_id', l.id, 'category', l.lead_category, 'score', l.luna_ai_score,
-                         'reason', l.luna_ai_reason, 'rep', rep, 'source', l.source), card);
+                         'reason', l.luna_ai_reason, 'rep', rep, 'source', l.source), card, null, 'lead_synced:' || step);
     perform private.crm_notify(l.tenant_id, jsonb_build_object('user_id', rep), 'lead_assigned',
       'Yeni HOT lead: ' || coalesce(display_name, cust.full_name),
       concat_ws(' · ', l.company_name, cust.phone, l.source),
-      jsonb_build_object('lead_id', l.id, 'card_id', card, 'score', l.luna_ai_score), customer);
+      jsonb_build_object('lead_id', l.id, 'card_id', card, 'score', l.luna_ai_score), customer, 'lead_assigned:' || step);
     if coalesce(cfg.notify_email, false) then
       perform private.enqueue_job('crm.notify_rep', jsonb_build_object('channel', 'email', 'rep', rep,
-        'customer_id', customer, 'lead_id', l.id, 'card_id', card), l.tenant_id, now(), 'crm.notify_rep:email:' || l.id);
+        'customer_id', customer, 'lead_id', l.id, 'card_id', card), l.tenant_id, now(), 'crm.notify_rep:email:' || l.id || again);
     end if;
     if coalesce(cfg.notify_whatsapp, false) then
       perform private.enqueue_job('crm.notify_rep', jsonb_build_object('channel', 'whatsapp', 'rep', rep,
-        'customer_id', customer, 'lead_id', l.id, 'card_id', card), l.tenant_id, now(), 'crm.notify_rep:whatsapp:' || l.id);
+        'customer_id', customer, 'lead_id', l.id, 'card_id', card), l.tenant_id, now(), 'crm.notify_rep:whatsapp:' || l.id || again);
     end if;
     if coalesce(cfg.zoho_sync, false) or private.feature_enabled(l.tenant_id, 'crm.zoho_sync') then
       perform private.enqueue_job('crm.zoho_sync', jsonb_build_object('customer_id', customer), l.tenant_id, now(),
-        'crm.zoho_sync:lead:' || l.id);
+        'crm.zoho_sync:lead:' || l.id || again);
     end if;
     update public.leads x set assigned_to = rep where x.id = l.id and x.assigned_to is distinct from rep;
     result := jsonb_build_object('status', 'CRM_SYNCED', 'customer_id', customer, 'card_id', card,
                                  'card_created', card_created, 'rep', rep);
+    perform private.step_done('crm_sync:' || step, l.tenant_id, result);
   end if;
   if l.locked_until is null then
     perform private.advance_lead(l.id, result ->> 'status', 'crm_sync', 'sync', 'ok', null, result);

@@ -1256,7 +1256,8 @@ begin
     from public.outbound_messages o
     join public.channel_accounts a on a.id = o.channel_account_id
     join public.tenants t on t.id = o.tenant_id
-    where o.status = 'queued' and o.run_at <= now()
+    -- never a row the provider already has (exactly once: it is settled, not sent)
+    where o.status = 'queued' and o.run_at <= now() and o.provider_message_id is null
     order by o.run_at, o.created_at
     for update of o skip locked
     limit n
@@ -1297,9 +1298,22 @@ begin
 end;
 $$;
 
--- Sent: results[i] = {"provider_message_id": ...}. The message becomes 'sent' (unless a webhook
--- status already moved it further).
-create or replace function private.complete_outbound(worker text, ids uuid[], results jsonb[] default null)
+/*
+ * Exactly once (issue 9, item 10). A send is recorded the moment it happens, each step in its own
+ * committed transaction, so a worker that dies (or a settlement that fails) never causes a second send:
+ *   private.outbound_send_begin     the provider call is about to start (send_started_at)
+ *   private.outbound_send_refused   the provider answered with a refusal: nothing was sent
+ *   private.outbound_accepted       the provider accepted it: provider_message_id, accepted_at
+ *   private.complete_outbound       the settlement (message 'sent', early statuses)
+ * A row that leaves 'sending' any other way (lease expired, handed back, failed, settlement failed)
+ * after a call started goes to 'reconcile', never back to 'queued': with a provider id it is settled
+ * later by private.reconcile_outbound (never sent again); without one the outcome is unknown and a
+ * person decides (public.retry_outbound). The claim never hands out a row that has a provider id.
+ */
+
+-- The settlement, set-based: worker = the lease holder, or null for the reconciler (rows in
+-- 'reconcile' that have the provider's id).
+create or replace function private.settle_outbound(worker text, ids uuid[], results jsonb[] default null)
 returns int
 language plpgsql
 set search_path = ''
@@ -1311,9 +1325,12 @@ begin
   with done as (
     update public.outbound_messages o
     set status = 'sent', locked_by = null, locked_until = null, last_error = null, error_code = null, sent_at = now(),
-        provider_message_id = r.result ->> 'provider_message_id'
+        provider_message_id = coalesce(o.provider_message_id, r.result ->> 'provider_message_id'),
+        accepted_at = coalesce(o.accepted_at, now())
     from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as r(id, result)
-    where o.id = r.id and o.status = 'sending' and o.locked_by = worker
+    where o.id = r.id
+      and case when worker is null then o.status = 'reconcile' and o.provider_message_id is not null
+               else o.status = 'sending' and o.locked_by = worker end
     returning o.tenant_id, o.message_id, o.provider_message_id
   ), msgs as (
     update public.messages m
@@ -1329,17 +1346,101 @@ begin
   perform private.apply_message_status(e.tenant_id, e.provider_message_id, e.status, e.at, e.error_code, e.error_message)
   from private.early_statuses e
   join public.outbound_messages o on o.tenant_id = e.tenant_id and o.provider_message_id = e.provider_message_id
-  where o.id = any(ids)
+  where o.id = any(ids) and o.status = 'sent'
   order by private.message_status_rank(e.status);
   delete from private.early_statuses e using public.outbound_messages o
-  where o.id = any(ids) and o.tenant_id = e.tenant_id and o.provider_message_id = e.provider_message_id;
+  where o.id = any(ids) and o.status = 'sent' and o.tenant_id = e.tenant_id and o.provider_message_id = e.provider_message_id;
   return n;
+end;
+$$;
+
+-- Sent: results[i] = {"provider_message_id": ...}. The message becomes 'sent' (unless a webhook
+-- status already moved it further). A row whose settlement fails goes to 'reconcile' (the rest of
+-- the batch settles): the provider has it, so it is never sent again.
+create or replace function private.complete_outbound(worker text, ids uuid[], results jsonb[] default null)
+returns int
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  n int := 0;
+  i int;
+begin
+  begin
+    return private.settle_outbound(worker, ids, results);
+  exception when others then
+    null;  -- one row (or more) cannot settle: settle them one by one
+  end;
+  for i in 1 .. coalesce(cardinality(ids), 0) loop
+    begin
+      n := n + private.settle_outbound(worker, array[ids[i]], array[results[i]]);
+    exception when others then
+      update public.outbound_messages o
+      set status = 'reconcile', locked_by = null, locked_until = null, run_at = now() + interval '1 minute',
+          provider_message_id = coalesce(o.provider_message_id, results[i] ->> 'provider_message_id'),
+          accepted_at = coalesce(o.accepted_at, case when results[i] ? 'provider_message_id' then now() end),
+          last_error = left('accepted by the provider; settling failed (' || sqlstate || ': ' || sqlerrm
+                            || '); settled later, never sent again', 4000)
+      where o.id = ids[i] and o.status = 'sending' and o.locked_by = worker;
+    end;
+  end loop;
+  return n;
+end;
+$$;
+
+-- The provider call is about to start. {"go": true}, or {"go": false, "provider_message_id", "status"}
+-- when this worker no longer holds the row or the provider already has the message.
+create or replace function private.outbound_send_begin(worker text, outbound_id uuid) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  o public.outbound_messages;
+begin
+  update public.outbound_messages x set send_started_at = now()
+  where x.id = outbound_id and x.status = 'sending' and x.locked_by = worker and x.provider_message_id is null;
+  if found then
+    return '{"go": true}';
+  end if;
+  select * into o from public.outbound_messages x where x.id = outbound_id;
+  return jsonb_build_object('go', false, 'provider_message_id', o.provider_message_id, 'status', o.status,
+                            'locked_by', o.locked_by);
+end;
+$$;
+
+-- The provider refused (an error answer, the breaker, a connection never made): nothing was sent,
+-- so the row may be retried as usual.
+create or replace function private.outbound_send_refused(worker text, outbound_id uuid) returns void
+language sql
+set search_path = ''
+as $$
+  update public.outbound_messages o set send_started_at = null
+  where o.id = outbound_id and o.status = 'sending' and o.locked_by = worker and o.provider_message_id is null
+$$;
+
+-- The provider accepted the message: its id, in a transaction of its own, before anything else can
+-- fail. Recorded even when the lease was lost meanwhile (the row is then in 'reconcile').
+create or replace function private.outbound_accepted(worker text, outbound_id uuid, provider_message_id text)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+begin
+  update public.outbound_messages o
+  set provider_message_id = outbound_accepted.provider_message_id, accepted_at = now(),
+      run_at = case when o.status = 'reconcile' then now() else o.run_at end
+  where o.id = outbound_id and o.provider_message_id is null and o.status in ('sending', 'reconcile');
+  return found;
 end;
 $$;
 
 -- A failed attempt. The error text may start with "code=<provider code>: "; retryable errors
 -- retry with exponential backoff; the last or a permanent failure marks the message failed with
--- the provider's reason.
+-- the provider's reason. A failure while the provider call was in flight (the outcome unknown) or
+-- after it was accepted goes to 'reconcile' instead: not sent again.
 create or replace function private.fail_outbound(worker text, outbound_id uuid, error text, retryable boolean default true)
 returns text
 language plpgsql
@@ -1352,9 +1453,16 @@ declare
   reason text := coalesce(substring(error from '^code=[^:\s]+:\s*(.*)$'), error);
 begin
   update public.outbound_messages x
-  set status = case when retryable and x.attempts < x.max_attempts then 'queued' else 'failed' end,
-      run_at = now() + make_interval(secs => least(power(2, x.attempts - 1), 3600)),
-      locked_by = null, locked_until = null, last_error = left(error, 4000), error_code = code
+  set status = case when x.provider_message_id is not null or x.send_started_at is not null then 'reconcile'
+                    when retryable and x.attempts < x.max_attempts then 'queued' else 'failed' end,
+      run_at = case when x.provider_message_id is not null or x.send_started_at is not null then now()
+                    else now() + make_interval(secs => least(power(2, x.attempts - 1), 3600)) end,
+      locked_by = null, locked_until = null, error_code = code,
+      last_error = left(case when x.provider_message_id is not null
+                             then 'accepted by the provider, then: ' || error || '; settled later, never sent again'
+                             when x.send_started_at is not null
+                             then 'outcome unknown (the provider call did not answer): ' || error || '; not sent again'
+                             else error end, 4000)
   where x.id = outbound_id and x.status = 'sending' and x.locked_by = worker
   returning * into o;
   if o.status = 'failed' then
@@ -1367,13 +1475,20 @@ begin
 end;
 $$;
 
+-- Handed back (shutdown): unstarted rows go back to the queue; a row whose call started, to 'reconcile'.
 create or replace function private.release_outbound(worker text, ids uuid[] default null) returns int
 language sql
 set search_path = ''
 as $$
   with released as (
     update public.outbound_messages o
-    set status = 'queued', attempts = greatest(o.attempts - 1, 0), locked_by = null, locked_until = null
+    set status = case when o.provider_message_id is not null or o.send_started_at is not null then 'reconcile' else 'queued' end,
+        attempts = case when o.provider_message_id is not null or o.send_started_at is not null then o.attempts
+                        else greatest(o.attempts - 1, 0) end,
+        last_error = case when o.provider_message_id is not null then 'handed back after the provider accepted it; settled later'
+                          when o.send_started_at is not null then 'handed back during the provider call: outcome unknown, not sent again'
+                          else o.last_error end,
+        locked_by = null, locked_until = null
     where o.status = 'sending' and o.locked_by = worker and (ids is null or o.id = any(ids))
     returning 1
   )
@@ -1385,25 +1500,113 @@ language sql
 set search_path = ''
 as $$
   update public.outbound_messages o
-  set status = 'queued', attempts = greatest(o.attempts - 1, 0), locked_by = null, locked_until = null,
+  set status = case when o.provider_message_id is not null or o.send_started_at is not null then 'reconcile' else 'queued' end,
+      attempts = greatest(o.attempts - 1, 0), locked_by = null, locked_until = null,
       run_at = now() + make_interval(secs => seconds)
   where o.id = outbound_id and o.status = 'sending' and o.locked_by = worker
 $$;
 
+-- The rescuer: a lease expired (its worker died). Unstarted rows go back to the queue (or fail past
+-- their attempts); a row accepted by the provider, or whose call was in flight, to 'reconcile'.
 create or replace function private.rescue_outbound() returns int
 language sql
 set search_path = ''
 as $$
   with rescued as (
     update public.outbound_messages o
-    set status = case when o.attempts < o.max_attempts then 'queued' else 'failed' end,
-        last_error = 'lease expired (worker ' || coalesce(o.locked_by, '?') || ' stopped answering)',
+    set status = case when o.provider_message_id is not null or o.send_started_at is not null then 'reconcile'
+                      when o.attempts < o.max_attempts then 'queued' else 'failed' end,
+        last_error = 'lease expired (worker ' || coalesce(o.locked_by, '?') || ' stopped answering)'
+                     || case when o.provider_message_id is not null then ' after the provider accepted it; settled later, never sent again'
+                             when o.send_started_at is not null then ' during the provider call: outcome unknown, not sent again'
+                             else '' end,
         locked_by = null, locked_until = null, run_at = now()
     where o.status = 'sending' and o.locked_until < now()
     returning 1
   )
   select count(*)::int from rescued
 $$;
+
+-- The reconciler (worker schedule): rows in 'reconcile' that have the provider's id are settled
+-- (never sent); one that still cannot settle keeps its error and is tried again later.
+create or replace function private.reconcile_outbound(n int default 200) returns int
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  r record;
+  settled int := 0;
+begin
+  for r in
+    select o.id from public.outbound_messages o
+    where o.status = 'reconcile' and o.provider_message_id is not null and o.run_at <= now()
+    order by o.run_at
+    for update skip locked
+    limit n
+  loop
+    begin
+      settled := settled + private.settle_outbound(null, array[r.id]);
+    exception when others then
+      update public.outbound_messages o
+      set run_at = now() + interval '5 minutes',
+          last_error = left('accepted by the provider; settling failed (' || sqlstate || ': ' || sqlerrm
+                            || '); tried again later, never sent again', 4000)
+      where o.id = r.id;
+    end;
+  end loop;
+  return settled;
+end;
+$$;
+
+/*
+ * A person's decision for a message in 'reconcile' whose outcome is unknown (the provider call never
+ * answered): send it again. A message the provider accepted is never sent again (PT409).
+ */
+create or replace function public.retry_outbound(outbound uuid) returns public.outbound_messages
+language plpgsql
+security definer
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  o public.outbound_messages;
+  c public.conversations;
+begin
+  select * into o from public.outbound_messages x
+  where x.id = outbound and x.tenant_id = (select private.tenant_id()) for update;
+  if o.id is null then
+    raise exception 'outbound message not found' using errcode = 'P0002';
+  end if;
+  select c0.* into c from public.messages m join public.conversations c0 on c0.id = m.conversation_id
+  where m.tenant_id = o.tenant_id and m.id = o.message_id;
+  if not (select private.can('inbox', 'write'))
+     or not ((select private.sees_all()) or c.assignee_id = (select auth.uid())) then
+    raise exception 'no permission to resend this message' using errcode = '42501';
+  end if;
+  if o.status <> 'reconcile' then
+    raise exception 'the message is %, not waiting for reconciliation', o.status
+      using errcode = 'PT409', detail = 'code=not_reconcile';
+  end if;
+  if o.provider_message_id is not null then
+    raise exception 'the provider accepted this message (%); it is never sent twice', o.provider_message_id
+      using errcode = 'PT409', detail = 'code=already_accepted';
+  end if;
+  update public.outbound_messages x
+  set status = 'queued', send_started_at = null, run_at = now(),
+      last_error = left('resent by a person after: ' || coalesce(x.last_error, 'reconcile'), 4000)
+  where x.id = o.id
+  returning * into o;
+  return o;
+end;
+$$;
+revoke execute on function private.settle_outbound(text, uuid[], jsonb[]), private.outbound_send_begin(text, uuid),
+  private.outbound_send_refused(text, uuid), private.outbound_accepted(text, uuid, text),
+  private.reconcile_outbound(int), public.retry_outbound(uuid) from public, anon, authenticated;
+grant execute on function private.settle_outbound(text, uuid[], jsonb[]), private.outbound_send_begin(text, uuid),
+  private.outbound_send_refused(text, uuid), private.outbound_accepted(text, uuid, text),
+  private.reconcile_outbound(int) to service_role;
+grant execute on function public.retry_outbound(uuid) to authenticated;
 
 create or replace function private.notify_outbound() returns trigger
 language plpgsql

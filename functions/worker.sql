@@ -109,6 +109,54 @@ as $$
 $$;
 
 -- ---------------------------------------------------------------------------------------------
+-- Step marks: a handler's side effect done once per entity and step (private.step_marks). A worker
+-- can die after a side effect committed and before its batch settled; the row is then handed out
+-- again. A step records its mark when its effect is done (in the same transaction where it can, else
+-- right after the external call answered); a retry finds the mark and returns the stored result.
+-- ---------------------------------------------------------------------------------------------
+
+-- What a done step produced, or null when it was not done.
+create or replace function private.step_result(key text) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(m.result, '{}'::jsonb) from private.step_marks m where m.key = step_result.key
+$$;
+
+-- Record a step as done (the first record wins); returns the stored result.
+create or replace function private.step_done(key text, tenant uuid, result jsonb) returns jsonb
+language sql
+set search_path = ''
+as $$
+  insert into private.step_marks as m (key, tenant_id, result)
+  values (key, tenant, coalesce(result, '{}'::jsonb))
+  on conflict (key) do update set result = coalesce(m.result, excluded.result)
+  returning m.result
+$$;
+
+/*
+ * Claim a step inside the transaction that does it: null = go ahead (the mark is taken, and commits
+ * or rolls back with the step's own writes; a concurrent claimant waits for it); otherwise the step
+ * was done already and this is what it produced. Finish with private.step_done(key, tenant, result).
+ */
+create or replace function private.step_claim(key text, tenant uuid) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+begin
+  insert into private.step_marks (key, tenant_id) values (key, tenant) on conflict do nothing;
+  if found then
+    return null;
+  end if;
+  return (select coalesce(m.result, '{}'::jsonb) from private.step_marks m where m.key = step_claim.key);
+end;
+$$;
+revoke execute on function private.step_result(text), private.step_done(text, uuid, jsonb),
+  private.step_claim(text, uuid) from public, authenticated;
+grant execute on function private.step_result(text), private.step_done(text, uuid, jsonb),
+  private.step_claim(text, uuid) to service_role;
+
+-- ---------------------------------------------------------------------------------------------
 -- Circuit breaker (public.module_health). CLOSED lets calls through; `failure_threshold`
 -- consecutive failures open it; after `cooldown_seconds` one probe is let through (HALF_OPEN);
 -- the probe's success closes it, its failure opens it again.

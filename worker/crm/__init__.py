@@ -5,6 +5,10 @@
   a rule failure ends the lead in CRM_ERROR with the reason (the route's failure status);
 - jobs: crm.card_moved (the stage-move integration hook), crm.zoho_sync (optional outbound sync to
   Zoho CRM), crm.notify_rep (e-mail / WhatsApp notice to the assigned rep when configured).
+
+Exactly once: sync_lead_to_crm takes a step mark in its own transaction (a retry returns the first
+result), rep notices record theirs as the provider answers (worker/steps.py), the Zoho sync upserts
+with duplicate checks and keeps the external ids as each call answers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import time
 
 import psycopg
 
+from worker import steps
 from worker.adapters.zoho import ZohoAdapter, contact_record, deal_record
 from worker.errors import JobError
 from worker.leads import LEADS
@@ -121,6 +126,15 @@ async def card_moved(ctx, row: dict):
     return await sync_customer_to_zoho(ctx, row["tenant_id"], row["payload"]["customer_id"])
 
 
+async def _once(ctx, row: dict, fn):
+    """The notice is sent once per job: the step mark is written the moment the provider answers, so a
+    worker that dies before the job settles does not send it again on the retry."""
+    if row.get("id") is None:
+        return await fn()
+    result, _ = await steps.once(ctx, f"crm.notify_rep:job:{row['id']}", row.get("tenant_id"), fn)
+    return result
+
+
 @job("crm.notify_rep")
 async def notify_rep(ctx, row: dict):
     p = row["payload"]
@@ -135,10 +149,10 @@ async def notify_rep(ctx, row: dict):
             return {"skipped": "smtp not configured"}
         from worker.adapters import smtp_mail
 
-        message_id = await asyncio.to_thread(
+        message_id = await _once(ctx, row, lambda: asyncio.to_thread(
             smtp_mail.send, smtp["host"], int(smtp.get("port", 25)), smtp.get("sender", "luna@localhost"),
             {"to": notice["email"], "subject": "LUNA: yeni müşteri ataması", "body": text},
-            username=smtp.get("username"), password=smtp.get("password"), starttls=bool(smtp.get("starttls")))
+            username=smtp.get("username"), password=smtp.get("password"), starttls=bool(smtp.get("starttls"))))
         return {"email": message_id}
     if p["channel"] == "whatsapp":
         wa = notice.get("whatsapp") or {}
@@ -148,6 +162,7 @@ async def notify_rep(ctx, row: dict):
 
         adapter = ctx.adapter(f"whatsapp:{wa.get('base_url')}", lambda: WhatsAppAdapter(wa.get("base_url")))
         adapter.breaker = ctx.breaker
-        wamid = await adapter.send(wa["phone_number_id"], wa["token"], {"to": notice["phone"], "body": text})
+        wamid = await _once(ctx, row, lambda: adapter.send(wa["phone_number_id"], wa["token"],
+                                                          {"to": notice["phone"], "body": text}))
         return {"whatsapp": wamid}
     raise JobError(f"unknown channel {p['channel']!r}", retryable=False)

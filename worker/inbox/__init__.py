@@ -8,9 +8,12 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import smtplib
+import socket
 import time
 import uuid
 
+import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
@@ -19,7 +22,8 @@ from luna import secrets
 from ..adapters.base import AdapterError
 from ..adapters.meta import MetaAdapter
 from ..adapters.whatsapp import WhatsAppAdapter
-from ..errors import JobError, Permanent
+from .. import steps
+from ..errors import BreakerOpen, JobError, Permanent
 from ..registry import Queue, every, job, queue
 
 log = logging.getLogger("luna.worker.inbox")
@@ -95,18 +99,102 @@ def _job_error(exc: AdapterError) -> JobError:
     return JobError(text, retryable=exc.retryable, code=exc.code)
 
 
+# ------------------------------------------------------------------------------------------ exactly once
+# Each step of a send commits on its own (functions/inbox.sql): the call is marked as started, the
+# provider's id is recorded the moment it answers, and only then is the batch settled. A message whose
+# worker dies, or whose settlement fails, after its call started goes to 'reconcile': settled from the
+# recorded id, never sent a second time. None of the providers here (WhatsApp Cloud API, Messenger /
+# Instagram Send API, Twilio, Netgsm, Telegram, SMTP) takes an idempotency key on a send, so the
+# database is the only guard against a duplicate.
+
+ACCEPT_RETRIES = (0.2, 0.5, 1.0, 2.0, 4.0)
+
+# Adapter errors that leave it open whether the provider took the message (no answer, or an answer we
+# could not read); anything else the provider said is a refusal: nothing was sent.
+_UNCLEAR_CODES = {"timeout", "network", "malformed_json", "wrong_schema"}
+# ... except these, raised before a byte of the request went out.
+_NEVER_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
+
+
+def refused(exc: BaseException) -> bool:
+    """True when the provider certainly did not take the message (so it may be retried)."""
+    if isinstance(exc, BreakerOpen):
+        return True
+    if isinstance(exc, AdapterError):
+        if exc.code in _UNCLEAR_CODES:
+            return isinstance(exc.__cause__, _NEVER_SENT)
+        return True
+    if isinstance(exc, JobError):  # SMTP (worker/adapters/smtp_mail.py): the server's refusal, or no connection
+        return isinstance(exc.__cause__, (smtplib.SMTPResponseException, smtplib.SMTPRecipientsRefused,
+                                          ConnectionRefusedError, socket.gaierror))
+    return False
+
+
+async def _sql(ctx, sql: str, *args):
+    async with ctx.pool.connection() as conn:
+        return await (await conn.execute(sql, args)).fetchone()
+
+
+async def _record_accepted(ctx, row: dict, provider_message_id: str) -> None:
+    """The provider's id, committed at once; retried, since losing it would leave the message unsettled."""
+    for delay in (*ACCEPT_RETRIES, None):
+        try:
+            recorded = (await _sql(ctx, "select private.outbound_accepted(%s, %s, %s) as ok",
+                                   ctx.worker_id, row["id"], provider_message_id))["ok"]
+            if not recorded:
+                log.warning("outbound %s: the provider's id %s was not recorded (the row has an id already or "
+                            "is no longer being sent)", row["id"], provider_message_id)
+            return
+        except psycopg.Error as exc:
+            if delay is None:
+                log.error("outbound %s was accepted by the provider as %s but recording it failed: %s; it stays "
+                          "unsettled and goes to reconcile, never sent again", row["id"], provider_message_id, exc)
+                raise JobError(f"code=accept_not_recorded: accepted as {provider_message_id}, not recorded: {exc}",
+                               retryable=True) from exc
+            await asyncio.sleep(delay)
+
+
+async def send_once(ctx, row: dict, call) -> dict:
+    """Run one provider call for a claimed outbound row, at most once per message. `call()` sends and
+    returns the provider's message id."""
+    if row.get("provider_message_id"):  # the provider has it: settle, never send again
+        return {"provider_message_id": row["provider_message_id"], "replayed": True}
+    await wait_for_slot(row)
+    begun = (await _sql(ctx, "select private.outbound_send_begin(%s, %s) as b", ctx.worker_id, row["id"]))["b"]
+    if not begun["go"]:
+        if begun.get("provider_message_id"):
+            return {"provider_message_id": begun["provider_message_id"], "replayed": True}
+        raise JobError(f"code=lease_lost: the message is {begun.get('status')} "
+                       f"(held by {begun.get('locked_by')}); not sent by this worker", retryable=True)
+    try:
+        provider_message_id = await call()
+    except Exception as exc:
+        if refused(exc):
+            try:
+                await _sql(ctx, "select private.outbound_send_refused(%s, %s)", ctx.worker_id, row["id"])
+            except psycopg.Error as db_exc:  # the mark stays: the row goes to reconcile, not to a resend
+                log.warning("outbound %s: clearing the send mark failed: %s", row["id"], db_exc)
+        if isinstance(exc, AdapterError):
+            raise _job_error(exc) from exc
+        raise
+    await _record_accepted(ctx, row, provider_message_id)
+    return {"provider_message_id": provider_message_id}
+
+
+@every("inbox.outbound_reconcile", seconds=60)
+async def reconcile_outbound(ctx) -> int:
+    """Settle messages in 'reconcile' that the provider accepted (from their recorded id; never resent)."""
+    return (await _sql(ctx, "select private.reconcile_outbound() as n"))["n"]
+
+
 @OUTBOUND.handler("whatsapp")
 async def send_whatsapp(ctx, row: dict):
     ch = await channel(ctx, row["channel_account_id"])
     token = ch["credentials"].get("access_token")
     if not token:
         raise Permanent("code=no_credentials: the WhatsApp channel has no access token")
-    await wait_for_slot(row)
-    try:
-        wamid = await _adapter(ctx, WhatsAppAdapter, ch).send(ch["external_id"], token, row["request"])
-    except AdapterError as exc:
-        raise _job_error(exc) from exc
-    return {"provider_message_id": wamid}
+    adapter = _adapter(ctx, WhatsAppAdapter, ch)
+    return await send_once(ctx, row, lambda: adapter.send(ch["external_id"], token, row["request"]))
 
 
 @OUTBOUND.handler("instagram")
@@ -116,12 +204,8 @@ async def send_meta(ctx, row: dict):
     token = ch["credentials"].get("access_token")
     if not token:
         raise Permanent("code=no_credentials: the channel has no page access token")
-    await wait_for_slot(row)
-    try:
-        mid = await _adapter(ctx, MetaAdapter, ch).send_message(ch["external_id"], token, row["request"])
-    except AdapterError as exc:
-        raise _job_error(exc) from exc
-    return {"provider_message_id": mid}
+    adapter = _adapter(ctx, MetaAdapter, ch)
+    return await send_once(ctx, row, lambda: adapter.send_message(ch["external_id"], token, row["request"]))
 
 
 @OUTBOUND.handler("email")
@@ -130,14 +214,12 @@ async def send_email(ctx, row: dict):
 
     ch = await channel(ctx, row["channel_account_id"])
     s, creds = ch["settings"] or {}, ch["credentials"]
-    await wait_for_slot(row)
-    message_id = await asyncio.to_thread(
+    return await send_once(ctx, row, lambda: asyncio.to_thread(
         smtp_mail.send, s.get("smtp_host", "127.0.0.1"), int(s.get("smtp_port", 587)), ch["external_id"], row["request"],
         username=(creds.get("smtp_username") or creds.get("username")) if s.get("smtp_auth", True) else None,
         password=(creds.get("smtp_password") or creds.get("password")) if s.get("smtp_auth", True) else None,
         sender_name=s.get("sender_name"),
-        use_ssl=bool(s.get("smtp_ssl")), starttls=bool(s.get("smtp_starttls")))
-    return {"provider_message_id": message_id}
+        use_ssl=bool(s.get("smtp_ssl")), starttls=bool(s.get("smtp_starttls"))))
 
 
 @OUTBOUND.handler("webchat")
@@ -281,14 +363,10 @@ async def send_twilio(ctx, row: dict):
     creds = ch["credentials"]
     if not creds.get("account_sid") or not creds.get("auth_token"):
         raise Permanent("code=no_credentials: the Twilio channel needs account_sid and auth_token")
-    await wait_for_slot(row)
-    try:
-        sid = await _adapter(ctx, TwilioAdapter, ch).send(
-            creds["account_sid"], creds["auth_token"], ch["external_id"], row["recipient"], row["request"].get("body") or "",
-            (ch["settings"] or {}).get("status_callback"))
-    except AdapterError as exc:
-        raise _job_error(exc) from exc
-    return {"provider_message_id": sid}
+    adapter = _adapter(ctx, TwilioAdapter, ch)
+    return await send_once(ctx, row, lambda: adapter.send(
+        creds["account_sid"], creds["auth_token"], ch["external_id"], row["recipient"], row["request"].get("body") or "",
+        (ch["settings"] or {}).get("status_callback")))
 
 
 @OUTBOUND.handler("sms_netgsm")
@@ -299,13 +377,14 @@ async def send_netgsm(ctx, row: dict):
     creds = ch["credentials"]
     if not creds.get("username") or not creds.get("password"):
         raise Permanent("code=no_credentials: the Netgsm channel needs username and password")
-    await wait_for_slot(row)
-    try:
-        job_id = await _adapter(ctx, NetgsmAdapter, ch).send(creds["username"], creds["password"], ch["external_id"],
-                                                             row["recipient"], row["request"].get("body") or "")
-    except AdapterError as exc:
-        raise _job_error(exc) from exc
-    return {"provider_message_id": f"netgsm:{job_id}"}
+    adapter = _adapter(ctx, NetgsmAdapter, ch)
+
+    async def call() -> str:
+        job_id = await adapter.send(creds["username"], creds["password"], ch["external_id"],
+                                    row["recipient"], row["request"].get("body") or "")
+        return f"netgsm:{job_id}"
+
+    return await send_once(ctx, row, call)
 
 
 @OUTBOUND.handler("telegram")
@@ -316,12 +395,8 @@ async def send_telegram(ctx, row: dict):
     token = ch["credentials"].get("bot_token")
     if not token:
         raise Permanent("code=no_credentials: the Telegram channel needs bot_token")
-    await wait_for_slot(row)
-    try:
-        mid = await _adapter(ctx, TelegramAdapter, ch).send(token, row["recipient"], row["request"].get("body") or "")
-    except AdapterError as exc:
-        raise _job_error(exc) from exc
-    return {"provider_message_id": mid}
+    adapter = _adapter(ctx, TelegramAdapter, ch)
+    return await send_once(ctx, row, lambda: adapter.send(token, row["recipient"], row["request"].get("body") or ""))
 
 
 @job("inbox.template_submit")
@@ -336,9 +411,13 @@ async def submit_template(ctx, job_row: dict):
     waba, token = (ch["settings"] or {}).get("waba_id"), ch["credentials"].get("access_token")
     if not waba or not token:
         raise Permanent("code=no_credentials: the WhatsApp channel needs settings.waba_id and an access token")
+    adapter = _adapter(ctx, WhatsAppAdapter, ch)
     try:
-        answer = await _adapter(ctx, WhatsAppAdapter, ch).create_template(
-            waba, token, tpl["name"], tpl["language"], tpl["category"], tpl["components"])
+        # Once per submission job: a worker that died after Meta answered does not submit it again
+        # (Meta would refuse the second one as a duplicate, and the template would look rejected).
+        answer, _ = await steps.once(ctx, f"inbox.template_submit:job:{job_row['id']}", tpl["tenant_id"],
+                                     lambda: adapter.create_template(waba, token, tpl["name"], tpl["language"],
+                                                                     tpl["category"], tpl["components"]))
     except AdapterError as exc:
         if not exc.retryable:
             async with ctx.pool.connection() as conn:
