@@ -123,7 +123,7 @@ begin
       coalesce(' (' || (select string_agg(w ->> 'code' || ' ' || (w ->> 'value'), ', ') from jsonb_array_elements(warn) w) || ')', '')
       using errcode = 'PT422', detail = 'code=lead_unidentifiable';
   end if;
-  select g.lead_id, g.action into lead_id, action from pg_temp.lead_groups g limit 1;
+  select g.lead_id, coalesce(g.action, 'merged') into lead_id, action from pg_temp.lead_groups g limit 1;
   warnings := warn;
   return next;
 end;
@@ -165,22 +165,22 @@ begin
 
   create temporary table if not exists lead_rows (
     line int, grp int, ek text, external_id text, company_name text, contact_name text, email text, phone text,
-    website text, wdom text, dom text, ck text, city text, country text, utm_source text, utm_medium text,
+    website text, wdom text, edom text, dom text, nk text, ck text, city text, country text, utm_source text, utm_medium text,
     utm_campaign text, utm_content text, utm_term text, raw jsonb
   ) on commit drop;
   create temporary table if not exists lead_groups (
     g int primary key, first_line int, n int, k text, ek text, external_id text, company_name text,
     contact_name text, email text, phone text, website text, dom text, ck text, city text, country text,
-    utm_source text, utm_medium text, utm_campaign text, utm_content text, utm_term text, raw jsonb,
+    utm_source text, utm_medium text, utm_campaign text, utm_content text, utm_term text,
     conflicts jsonb, dup_g int, lead_id uuid, dup_of uuid, contradicts jsonb, action text, changes jsonb
   ) on commit drop;
   truncate pg_temp.lead_rows, pg_temp.lead_groups;
 
   insert into pg_temp.lead_rows (line, grp, ek, external_id, company_name, contact_name, email, phone, website, wdom,
-                                 ck, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw)
+                                 edom, nk, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw)
   select s.line, s.line, nullif(s.unique_lead_id, ''), nullif(s.external_id, ''), nullif(s.company_name, ''),
          nullif(s.contact_name, ''), nullif(s.email, ''), nullif(s.phone, ''), nullif(s.website, ''),
-         nullif(s.domain_cleaned, ''), private.name_key(s.company_name), nullif(s.city, ''), nullif(s.country, ''),
+         nullif(s.domain_cleaned, ''), nullif(s.email_domain, ''), null, nullif(s.city, ''), nullif(s.country, ''),
          nullif(s.utm_source, ''), nullif(s.utm_medium, ''), nullif(s.utm_campaign, ''), nullif(s.utm_content, ''),
          nullif(s.utm_term, ''), s.raw
   from private.lead_staging s
@@ -189,24 +189,25 @@ begin
 
   -- Acceptance: something that names or reaches the lead.
   delete from pg_temp.lead_rows r
-  where r.ck is null and r.email is null and r.phone is null and r.wdom is null and r.ek is null and r.external_id is null;
+  where case when r.email is null and r.phone is null and r.wdom is null and r.ek is null and r.external_id is null
+             then private.name_key(r.company_name) is null else false end;
   get diagnostics n_rej = row_count;
   select count(*) into n_rows from pg_temp.lead_rows;
 
   -- The company domain: the website's, else the e-mail's (once per distinct e-mail domain); never a
   -- free-mail provider's.
+  update pg_temp.lead_rows r set edom = d.dom
+  from (select x.host, private.website_domain(x.host) as dom
+        from (select distinct split_part(y.email, '@', 2) as host from pg_temp.lead_rows y
+              where y.email is not null and y.edom is null) x) d
+  where r.edom is null and r.email is not null and split_part(r.email, '@', 2) = d.host;
   update pg_temp.lead_rows r set dom = coalesce(
            case when not exists (select 1 from private.free_mail_domains f where f.domain = r.wdom) then r.wdom end,
-           case when not exists (select 1 from private.free_mail_domains f where f.domain = d.dom) then d.dom end)
-  from (select x.host, private.website_domain(x.host) as dom
-        from (select distinct split_part(y.email, '@', 2) as host from pg_temp.lead_rows y where y.email is not null) x) d
-  where split_part(r.email, '@', 2) = d.host;
-  update pg_temp.lead_rows r set dom = r.wdom
-  where r.dom is null and r.wdom is not null and r.email is null
-    and not exists (select 1 from private.free_mail_domains f where f.domain = r.wdom);
+           case when not exists (select 1 from private.free_mail_domains f where f.domain = r.edom) then r.edom end)
+  where r.wdom is not null or r.edom is not null;
   -- Only rows known by their company name alone are linked by it.
-  update pg_temp.lead_rows r set ck = null where r.email is not null or r.phone is not null or r.dom is not null
-                                              or r.external_id is not null;
+  update pg_temp.lead_rows r set ck = private.name_key(r.company_name)
+  where r.email is null and r.phone is null and r.dom is null and r.external_id is null and r.ek is null;
 
   -- Strong links inside the batch: the smallest line of every connected set (label propagation; a
   -- second pass is needed only when rows chain through different values).
@@ -238,16 +239,16 @@ begin
 
   -- One row per group: its first row as it is, or (groups of several rows) each column's first
   -- non-empty value, the other values kept as conflicts.
-  insert into pg_temp.lead_groups (g, first_line, n, ek, external_id, company_name, contact_name, email, phone, website,
-                                   dom, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw)
-  select r.grp, r.line, 1, r.ek, r.external_id, r.company_name, r.contact_name, r.email, r.phone, r.website, r.dom,
-         r.city, r.country, r.utm_source, r.utm_medium, r.utm_campaign, r.utm_content, r.utm_term, r.raw
+  insert into pg_temp.lead_groups (g, first_line, n, k, ek, external_id, company_name, contact_name, email, phone, website,
+                                   dom, ck, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term)
+  select r.grp, r.line, 1, coalesce(r.ek, private.lead_key(r.dom, r.email, r.phone, r.external_id, r.company_name)),
+         r.ek, r.external_id, r.company_name, r.contact_name, r.email, r.phone, r.website, r.dom, r.ck,
+         r.city, r.country, r.utm_source, r.utm_medium, r.utm_campaign, r.utm_content, r.utm_term
   from pg_temp.lead_rows r
   where r.line = r.grp and not exists (select 1 from pg_temp.lead_rows x where x.grp = r.grp and x.line <> r.line);
 
   insert into pg_temp.lead_groups (g, first_line, n, ek, external_id, company_name, contact_name, email, phone, website,
-                                   dom, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw,
-                                   conflicts)
+                                   dom, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term)
   select r.grp, min(r.line), count(*),
     (array_agg(r.ek order by r.line) filter (where r.ek is not null))[1],
     (array_agg(r.external_id order by r.line) filter (where r.external_id is not null))[1],
@@ -263,25 +264,27 @@ begin
     (array_agg(r.utm_medium order by r.line) filter (where r.utm_medium is not null))[1],
     (array_agg(r.utm_campaign order by r.line) filter (where r.utm_campaign is not null))[1],
     (array_agg(r.utm_content order by r.line) filter (where r.utm_content is not null))[1],
-    (array_agg(r.utm_term order by r.line) filter (where r.utm_term is not null))[1],
-    (array_agg(r.raw order by r.line))[1],
-    (select jsonb_object_agg(v.key, jsonb_build_object('kept', v.vals[1], 'offered', to_jsonb(v.vals[2:])))
-     from (select e.key, array_agg(distinct e.value) filter (where true) as vals0,
-                  (select array_agg(q.value order by q.first) from (
-                     select e2.value, min(x2.line) first from pg_temp.lead_rows x2,
-                       jsonb_each_text(jsonb_strip_nulls(jsonb_build_object('company_name', x2.company_name,
-                         'contact_name', x2.contact_name, 'email', x2.email, 'phone', x2.phone, 'website', x2.website,
-                         'city', x2.city, 'country', x2.country))) e2
-                     where x2.grp = r.grp and e2.key = e.key group by e2.value) q) as vals
-           from pg_temp.lead_rows x, jsonb_each_text(jsonb_strip_nulls(jsonb_build_object('company_name', x.company_name,
-                  'contact_name', x.contact_name, 'email', x.email, 'phone', x.phone, 'website', x.website,
-                  'city', x.city, 'country', x.country))) e
-           where x.grp = r.grp
-           group by e.key having count(distinct e.value) > 1) v)
+    (array_agg(r.utm_term order by r.line) filter (where r.utm_term is not null))[1]
   from pg_temp.lead_rows r
   where r.grp in (select x.grp from pg_temp.lead_rows x group by x.grp having count(*) > 1)
   group by r.grp;
-  update pg_temp.lead_groups g set ck = private.name_key(g.company_name);
+  update pg_temp.lead_groups g set ck = private.name_key(g.company_name) where g.n > 1;
+  -- The values a group's later rows offered beside the kept one, per column (in line order).
+  with vals as (
+    select r.grp, e.key, e.value, min(r.line) as first
+    from pg_temp.lead_rows r
+    join pg_temp.lead_groups g on g.g = r.grp and g.n > 1,
+    jsonb_each_text(jsonb_strip_nulls(jsonb_build_object('company_name', r.company_name, 'contact_name', r.contact_name,
+      'email', r.email, 'phone', r.phone, 'website', r.website, 'city', r.city, 'country', r.country))) e
+    group by 1, 2, 3
+  ), conflicting as (
+    select v.grp, v.key, array_agg(v.value order by v.first) as vals
+    from vals v group by v.grp, v.key having count(*) > 1
+  )
+  update pg_temp.lead_groups g set conflicts = c.conflicts
+  from (select x.grp, jsonb_object_agg(x.key, jsonb_build_object('kept', x.vals[1], 'offered', to_jsonb(x.vals[2:]))) as conflicts
+        from conflicting x group by x.grp) c
+  where g.g = c.grp;
 
   -- Phone links inside the batch: a later group with the phone of an earlier one joins it unless
   -- they contradict; then it is a possible duplicate of it.
@@ -290,7 +293,8 @@ begin
   ), verdict as (
     select s.g, s.anchor,
            (a.email is null or h.email is null or a.email = h.email) and (a.dom is null or h.dom is null or a.dom = h.dom)
-           and (a.ck is null or h.ck is null or a.ck = h.ck) as compatible
+           and (a.company_name is null or h.company_name is null
+                or private.name_key(a.company_name) = private.name_key(h.company_name)) as compatible
     from shared s join pg_temp.lead_groups a on a.g = s.anchor join pg_temp.lead_groups h on h.g = s.g
     where s.g <> s.anchor
   )
@@ -315,7 +319,9 @@ begin
   from pg_temp.lead_groups g where g.dup_g is not null and g.contradicts is null and r.grp = g.g;
   delete from pg_temp.lead_groups g where g.dup_g is not null and g.contradicts is null;
 
-  update pg_temp.lead_groups g set k = coalesce(g.ek, private.lead_key(g.dom, g.email, g.phone, g.external_id, g.company_name));
+  -- The key (private.lead_key's rule; single rows got it when their group was made).
+  update pg_temp.lead_groups g set k = coalesce(g.ek, private.lead_key(g.dom, g.email, g.phone, g.external_id, g.company_name))
+  where g.k is null or g.n > 1;
   analyze pg_temp.lead_groups;
 
   -- Match stored leads (oldest first): the key, then the company domain, the e-mail (a lead's or a
@@ -357,34 +363,46 @@ begin
     contradicts = case when not ok then to_jsonb(array_remove(array[
                     case when m.email is not null and g.email is not null and m.email <> g.email then 'email' end,
                     case when m.domain_cleaned is not null and g.dom is not null and m.domain_cleaned <> g.dom then 'domain' end,
-                    case when m.ck is not null and g.ck is not null and m.ck <> g.ck then 'company_name' end], null)) end
+                    case when m.ck is not null and g.company_name is not null and m.ck <> private.name_key(g.company_name)
+                         then 'company_name' end], null)) end
   from (select b.*, g2.g,
                (b.email is null or g2.email is null or b.email = g2.email
                 or exists (select 1 from public.lead_contacts c where c.tenant_id = tenant and c.lead_id = b.id and c.email = g2.email))
                and (b.domain_cleaned is null or g2.dom is null or b.domain_cleaned = g2.dom)
-               and (b.ck is null or g2.ck is null or b.ck = g2.ck) as ok
+               and (b.ck is null or g2.company_name is null or b.ck = private.name_key(g2.company_name)) as ok
         from by_phone b join pg_temp.lead_groups g2 on g2.phone = b.phone
         where g2.lead_id is null and g2.dup_g is null) m
   where g.g = m.g;
 
+  analyze pg_temp.lead_groups;  -- lead_id is set now: the joins below need to know how many
+
   -- What a merge fills (empty columns) and what it would have replaced (conflicts), per lead.
+  with x as materialized (
+    select g2.g,
+           jsonb_build_object('company_name', l.company_name, 'contact_name', l.contact_name, 'email', l.email,
+             'phone', l.phone, 'website', l.website, 'domain_cleaned', l.domain_cleaned, 'city', l.city,
+             'country', l.country, 'utm_source', l.utm_source, 'utm_medium', l.utm_medium,
+             'utm_campaign', l.utm_campaign, 'utm_content', l.utm_content, 'utm_term', l.utm_term) as stored,
+           jsonb_strip_nulls(jsonb_build_object('company_name', g2.company_name, 'contact_name', g2.contact_name,
+             'email', g2.email, 'phone', g2.phone, 'website', g2.website, 'domain_cleaned', g2.dom, 'city', g2.city,
+             'country', g2.country, 'utm_source', g2.utm_source, 'utm_medium', g2.utm_medium,
+             'utm_campaign', g2.utm_campaign, 'utm_content', g2.utm_content, 'utm_term', g2.utm_term)) as offered
+    from pg_temp.lead_groups g2 join public.leads l on l.id = g2.lead_id
+    where g2.lead_id is not null
+  ), news as materialized (
+    -- only leads the rows tell something new (a re-upload of the same file tells nothing)
+    select x.* from x where not (jsonb_strip_nulls(x.stored) @> x.offered)
+  )
   update pg_temp.lead_groups g set
-    action = 'merged',
     changes = (select coalesce(jsonb_object_agg(n.key, n.value), '{}') from jsonb_each(x.offered) n
-               where x.stored -> n.key is null or x.stored -> n.key = 'null'),
+               where x.stored -> n.key = 'null'),
     conflicts = coalesce(g.conflicts, '{}') || (
                select coalesce(jsonb_object_agg(n.key, jsonb_build_object('kept', x.stored -> n.key, 'offered', n.value)), '{}')
                from jsonb_each(x.offered) n
-               where x.stored -> n.key is not null and x.stored -> n.key <> 'null' and x.stored -> n.key <> n.value
+               where x.stored -> n.key <> 'null' and x.stored -> n.key <> n.value
                  and not (n.key in ('company_name', 'contact_name')
                           and private.name_key(x.stored ->> n.key) = private.name_key(n.value #>> '{}')))
-  from (select g2.g, to_jsonb(l) as stored,
-               jsonb_strip_nulls(jsonb_build_object('company_name', g2.company_name, 'contact_name', g2.contact_name,
-                 'email', g2.email, 'phone', g2.phone, 'website', g2.website, 'domain_cleaned', g2.dom, 'city', g2.city,
-                 'country', g2.country, 'utm_source', g2.utm_source, 'utm_medium', g2.utm_medium,
-                 'utm_campaign', g2.utm_campaign, 'utm_content', g2.utm_content, 'utm_term', g2.utm_term)) as offered
-        from pg_temp.lead_groups g2 join public.leads l on l.id = g2.lead_id
-        where g2.lead_id is not null) x
+  from news x
   where g.g = x.g;
 
   -- A scored lead whose qualifying fields were filled is scored again (unless a worker holds it).
@@ -408,41 +426,48 @@ begin
     utm_campaign = coalesce(l.utm_campaign, g.utm_campaign),
     utm_content = coalesce(l.utm_content, g.utm_content),
     utm_term = coalesce(l.utm_term, g.utm_term),
-    raw = l.raw || jsonb_build_object(source, g.raw),
+    raw = l.raw || jsonb_build_object(source, r.raw),
     processing_status = case when g.action = 'rescored' then 'RAW' else l.processing_status end
-  from pg_temp.lead_groups g
-  where g.lead_id = l.id;
+  from pg_temp.lead_groups g join pg_temp.lead_rows r on r.line = g.first_line
+  where g.lead_id = l.id and (g.changes is not null or not (l.raw ? source));
   select count(*) into n_res from pg_temp.lead_groups g where g.action = 'rescored';
 
   insert into public.processing_logs (tenant_id, lead_id, module, action, result, detail)
   select tenant, g.lead_id, 'ingest', 'merge', 'merged',
          jsonb_build_object('source', source, 'line', g.first_line, 'rows', g.n, 'filled', g.changes,
-                            'conflicts', nullif(g.conflicts, '{}'), 'offered', g.raw, 'rescored', g.action = 'rescored')
-  from pg_temp.lead_groups g where g.lead_id is not null;
+                            'conflicts', nullif(g.conflicts, '{}'), 'offered', r.raw, 'rescored', g.action = 'rescored')
+  from pg_temp.lead_groups g join pg_temp.lead_rows r on r.line = g.first_line
+  where g.lead_id is not null;
 
-  -- New leads, then the possible duplicates (which may point at a lead created just now).
+  -- New leads, then the possible duplicates (which may point at a lead created just now). Only
+  -- groups that need their new id later (several rows: contact persons; a duplicate's anchor; the
+  -- one row of ingest_lead) are told it; the rest find it by key.
   with ins as (
     insert into public.leads (tenant_id, unique_lead_id, company_name, contact_name, email, phone, website,
                               domain_cleaned, city, country, source, utm_source, utm_medium, utm_campaign,
                               utm_content, utm_term, raw, current_orchestrator_priority, next_orchestrator_module)
     select tenant, g.k, g.company_name, g.contact_name, g.email, g.phone, g.website, g.dom, g.city,
            g.country, source, g.utm_source, g.utm_medium, g.utm_campaign, g.utm_content, g.utm_term,
-           jsonb_build_object(source, g.raw),
+           jsonb_build_object(source, r.raw),
            private.lead_priority(source, null, rules,
-                                 case when g.raw ?| array['created_time', 'created_at'] then now() - private.lead_source_time(g.raw) end),
+                                 case when r.raw ?| array['created_time', 'created_at'] then now() - private.lead_source_time(r.raw) end),
            raw_module
-    from pg_temp.lead_groups g
+    from pg_temp.lead_groups g join pg_temp.lead_rows r on r.line = g.first_line
     where g.lead_id is null and g.dup_of is null and g.dup_g is null
     order by g.first_line
     on conflict (tenant_id, unique_lead_id) do nothing
     returning id, unique_lead_id
+  ), logged as (
+    insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
+    select tenant, ins.id, 'ingest', 'insert', 'ok', 'RAW', jsonb_build_object('source', source)
+    from ins
+  ), told as (
+    update pg_temp.lead_groups g set lead_id = ins.id, action = 'inserted'
+    from ins
+    where g.k = ins.unique_lead_id and g.lead_id is null and g.dup_of is null and g.dup_g is null
+      and (g.n > 1 or n_rows = 1 or g.g in (select d.dup_g from pg_temp.lead_groups d where d.dup_g is not null))
   )
-  update pg_temp.lead_groups g set lead_id = ins.id, action = 'inserted'
-  from ins where g.k = ins.unique_lead_id and g.lead_id is null and g.dup_of is null and g.dup_g is null;
-  get diagnostics n_ins = row_count;
-  insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
-  select tenant, g.lead_id, 'ingest', 'insert', 'ok', 'RAW', jsonb_build_object('source', source, 'line', g.first_line)
-  from pg_temp.lead_groups g where g.action = 'inserted';
+  select count(*) into n_ins from ins;
 
   update pg_temp.lead_groups g set dup_of = a.lead_id
   from pg_temp.lead_groups a where g.dup_g = a.g and g.dup_of is null;
@@ -452,9 +477,9 @@ begin
                               utm_content, utm_term, raw, current_orchestrator_priority, processing_status, duplicate_of)
     select tenant, g.k || '~' || substr(md5(batch::text || g.first_line), 1, 10), g.company_name, g.contact_name, g.email,
            g.phone, g.website, g.dom, g.city, g.country, source, g.utm_source, g.utm_medium, g.utm_campaign, g.utm_content,
-           g.utm_term, jsonb_build_object(source, g.raw), private.lead_priority(source, null, rules),
+           g.utm_term, jsonb_build_object(source, r.raw), private.lead_priority(source, null, rules),
            'HUMAN_REVIEW_NEEDED', g.dup_of
-    from pg_temp.lead_groups g
+    from pg_temp.lead_groups g join pg_temp.lead_rows r on r.line = g.first_line
     where g.lead_id is null and g.dup_of is not null
     on conflict (tenant_id, unique_lead_id) do nothing
     returning id, duplicate_of, unique_lead_id
@@ -473,7 +498,7 @@ begin
   select distinct on (g.lead_id, coalesce(r.email, ''), coalesce(private.name_key(r.contact_name), ''), coalesce(r.phone, ''))
          tenant, g.lead_id, r.contact_name, r.email, r.phone, source
   from pg_temp.lead_rows r
-  join pg_temp.lead_groups g on g.g = r.grp and g.action in ('merged', 'rescored', 'inserted')
+  join pg_temp.lead_groups g on g.g = r.grp and g.lead_id is not null and g.action is distinct from 'duplicate'
   join public.leads l on l.id = g.lead_id
   where (r.contact_name is not null or r.email is not null or r.phone is not null)
     and not (coalesce(r.email = l.email, r.email is null)

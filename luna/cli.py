@@ -190,7 +190,8 @@ def up(host: Optional[str] = None, port: Optional[int] = None,
 # ------------------------------------------------------------------------------------------ bench
 @app.command()
 def bench(name: str = typer.Argument(..., help="benchmark name (see `luna bench list`)"),
-          quick: bool = typer.Option(False, "--quick", help="a small run that finishes in seconds")):
+          quick: bool = typer.Option(False, "--quick", help="a small run that finishes in seconds"),
+          rows: Optional[int] = typer.Option(None, "--rows", help="data size, for benches that take one (ingest)")):
     """Run a benchmark; prints one JSON object as its last line."""
     from .bench import BENCHES, discover
 
@@ -202,7 +203,15 @@ def bench(name: str = typer.Argument(..., help="benchmark name (see `luna bench 
     if name not in BENCHES:
         console.print(f"[red]no benchmark {name!r}[/]; available: {', '.join(sorted(BENCHES))}")
         raise typer.Exit(2)
-    result = BENCHES[name](quick=quick)
+    import inspect
+
+    kwargs = {"quick": quick}
+    if rows is not None:
+        if "rows" not in inspect.signature(BENCHES[name]).parameters:
+            console.print(f"[red]{name} takes no --rows[/]")
+            raise typer.Exit(2)
+        kwargs["rows"] = rows
+    result = BENCHES[name](**kwargs)
     print(json.dumps(result))
 
 

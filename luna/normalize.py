@@ -279,6 +279,15 @@ def clean_domain(value) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------ records
+def accepted_columns() -> str:
+    """The standard columns and the header spellings that name each one (for errors, --help, docs)."""
+    names: dict[str, list[str]] = {}
+    for alias, column in HEADER_ALIASES.items():
+        names.setdefault(column, []).append(alias)
+    return "; ".join(f"{column} ({', '.join(sorted(a for a in aliases if a != column))})" if len(aliases) > 1
+                     else column for column, aliases in names.items())
+
+
 def header_columns(header: list[str]) -> list[str | None]:
     """The standard column each header names (None for columns we keep only in the raw payload).
     Two headers naming one column (`phone,phone`, `Telefon,GSM`) both map to it; their values are
@@ -395,4 +404,4 @@ def iter_text(chunks: Iterable[bytes], encoding: str | None = None) -> Iterable[
 
 __all__ = ["normalize_phone", "normalize_email", "clean_domain", "clean_host", "normalize_record", "normalize_values",
            "header_columns", "pick_values", "raw_keys", "fold_identifier", "name_key", "tr_lower", "tr_upper", "tr_title",
-           "clean_text", "sniff_encoding", "iter_text", "STANDARD_COLUMNS"]
+           "clean_text", "sniff_encoding", "iter_text", "accepted_columns", "STANDARD_COLUMNS"]

@@ -106,7 +106,12 @@ async def import_leads(request: Request):
         spool.seek(0)
         # The bulk path is CPU work (decode, parse, normalise on a process pool) and one COPY: it runs
         # in a thread on its own connection (as service_role), off the event loop.
-        result = await asyncio.to_thread(_import_sync, request.app.state.database_url, tenant, spool, source)
+        from worker.leads.ingest import CsvError
+
+        try:
+            result = await asyncio.to_thread(_import_sync, request.app.state.database_url, tenant, spool, source)
+        except CsvError as exc:
+            raise ApiError(422, exc.code, str(exc)) from None
     return result.as_dict()
 
 

@@ -14,17 +14,27 @@ console = Console(stderr=True)
 ingest_app = typer.Typer(help="Bring leads in (CSV files).", no_args_is_help=True)
 
 
-@ingest_app.command("csv")
+def _csv_help() -> str:
+    from luna.normalize import accepted_columns
+
+    return ("Import a CSV (UTF-8, BOM or Windows-1254; , ; or tab separated). Ends with one JSON line: rows, "
+            "inserted, merged, duplicates, rescored, rejected, errors [{line, reason}] and warnings [{line, reason}]."
+            "\n\nA row needs a company name, or a valid e-mail, phone or website; a bad value beside it is left out "
+            "and reported as a warning. A file whose header names none of these columns, or that is not text, "
+            "is refused whole.\n\nAccepted columns (header spellings, any case, Turkish letters folded): "
+            + accepted_columns() + ". Other columns are kept in the lead's raw payload.")
+
+
+@ingest_app.command("csv", help=_csv_help())
 def ingest_csv(file: Path = typer.Argument(..., exists=True, dir_okay=False, readable=True, help="the CSV file"),
                tenant: str = typer.Option(..., "--tenant", help="tenant slug or id"),
                source: str = typer.Option("csv", help="the source recorded on the leads")):
-    """Import a CSV (UTF-8, BOM or Windows-1254; , ; or tab separated). Ends with one JSON line:
-    rows, inserted, merged, rejected and errors [{line, reason}]."""
+    """`luna ingest csv` (its help text is _csv_help's, which lists the accepted columns)."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 
     from luna.db import connect
     from luna.tokens import resolve_tenant
-    from worker.leads.ingest import import_csv
+    from worker.leads.ingest import CsvError, import_csv
 
     size = os.path.getsize(file)
     with connect() as conn:
@@ -46,8 +56,13 @@ def ingest_csv(file: Path = typer.Argument(..., exists=True, dir_okay=False, rea
                         read += len(chunk)
                         yield chunk
 
-            result = import_csv(conn, tenant_id, chunks(), source=source,
-                                progress=lambda rows: progress.update(task, completed=read, rows=rows))
+            try:
+                result = import_csv(conn, tenant_id, chunks(), source=source,
+                                    progress=lambda rows: progress.update(task, completed=read, rows=rows))
+            except CsvError as exc:
+                progress.stop()
+                console.print(f"[red]{file.name} was not imported ({exc.code}):[/] {exc}")
+                raise typer.Exit(1)
             progress.update(task, completed=size)
     print(json.dumps(result.as_dict(), ensure_ascii=False))
 

@@ -18,13 +18,22 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Iterator
 
-from luna.normalize import _phone_plans, header_columns, iter_text, normalize_values, pick_values, raw_keys
+from luna.normalize import _phone_plans, accepted_columns, clean_domain, header_columns, iter_text, normalize_values, pick_values, raw_keys
 
 STAGE_COLUMNS = ("batch", "line", "unique_lead_id", "external_id", "company_name", "contact_name", "email", "phone", "website",
                  "domain_cleaned", "city", "country", "utm_source", "utm_medium", "utm_campaign", "utm_content",
-                 "utm_term", "raw")
+                 "utm_term", "email_domain", "raw")
 COPY_SQL = f"copy private.lead_staging ({', '.join(STAGE_COLUMNS)}) from stdin"
 MAX_ERRORS_KEPT = 10_000
+
+
+class CsvError(ValueError):
+    """The file as a whole cannot be imported (nothing of it is): `code` is machine-readable
+    (not_a_csv, unknown_columns), the message says what to do."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -61,7 +70,18 @@ def _lines(texts: Iterable[str]) -> Iterator[str]:
 
 
 class _Dialect(csv.excel):
-    pass
+    # Strict: a quote opened and never closed is an error on its line, not the rest of the file
+    # swallowed into one field.
+    strict = True
+
+
+def _looks_binary(sample: str) -> bool:
+    """NUL bytes, or more than 1 % control characters besides tab and line ends: a spreadsheet
+    (.xlsx is a zip), an image or a database file, not text."""
+    if "\x00" in sample:
+        return True
+    controls = sum(1 for c in sample if ord(c) < 32 and c not in "\t\r\n")
+    return controls > len(sample) / 100
 
 
 def _dialect(sample: str):
@@ -90,6 +110,9 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
             break
     if not head:
         return
+    if _looks_binary("".join(head)):
+        raise CsvError("not_a_csv", "this is not a CSV text file (it looks binary: a spreadsheet, an archive or an "
+                                    "image?). Save it as CSV (UTF-8 or Windows-1254, comma or semicolon separated).")
     dialect = _dialect("".join(head))
 
     def all_lines():
@@ -101,12 +124,30 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
         header = [h.strip() for h in next(reader)]
     except StopIteration:
         return
-    spec = (region, header_columns(header), header, str(copy_batch) if copy_batch else None)
+    columns = header_columns(header)
+    if not any(columns):
+        raise CsvError("unknown_columns", f"no column of the header ({', '.join(h for h in header if h) or 'empty'}) "
+                                          f"is one LUNA reads. Accepted columns and their aliases: {accepted_columns()}.")
+    spec = (region, columns, header, str(copy_batch) if copy_batch else None)
 
     def raw_chunks():
         items = []
         last = reader.line_num  # a record's line is the first physical line it spans
-        for values in reader:
+        while True:
+            try:
+                values = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                start, last = last + 1, reader.line_num
+                if "end of data" in str(exc):
+                    _reject(result, start, f"a quoted field opened on line {start} is never closed: lines {start}-"
+                                           f"{last} were not imported (close the quote, or remove it)")
+                else:
+                    _reject(result, start, f"malformed quoting ({exc}): a field that starts with a quote must end "
+                                           f"with one, with quotes inside it doubled")
+                result.rows += 1
+                continue
             start, last = last + 1, reader.line_num
             if not values or not any(v.strip() for v in values):
                 continue
@@ -133,8 +174,9 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
 
         # fork is cheap but unsafe from a thread of a threaded server (edge runs this in a thread).
         method = "fork" if threading.current_thread() is threading.main_thread() else "forkserver"
-        pool = ProcessPoolExecutor(workers or os.cpu_count(), mp_context=multiprocessing.get_context(method))
-        outputs = pool.map(_normalize_chunk, ((spec, items) for items in jobs))
+        size = workers or os.cpu_count() or 1
+        pool = ProcessPoolExecutor(size, mp_context=multiprocessing.get_context(method))
+        outputs = _bounded_map(pool, _normalize_chunk, ((spec, items) for items in jobs), window=2 * size)
     else:
         outputs = (_normalize_chunk((spec, items)) for items in jobs)
     try:
@@ -155,6 +197,20 @@ def parse(chunks: Iterable[bytes], region: str = "TR", result: ImportResult | No
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
+
+
+def _bounded_map(pool, fn, items, window: int):
+    """pool.map in input order, but with at most `window` chunks in flight: Executor.map reads its
+    whole input at once, which held the entire file in memory (issue 9, item 8)."""
+    import collections
+
+    pending = collections.deque()
+    for item in items:
+        pending.append(pool.submit(fn, item))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
 
 
 def _normalize_chunk(args) -> tuple[list[tuple] | str, list[tuple[int, str]], list[tuple[int, str]], int]:
@@ -178,6 +234,7 @@ def _normalize_chunk(args) -> tuple[list[tuple] | str, list[tuple[int, str]], li
                      lead.get("email"), lead.get("phone"), lead.get("website"), lead.get("domain_cleaned"),
                      lead.get("city"), lead.get("country"), lead.get("utm_source"), lead.get("utm_medium"),
                      lead.get("utm_campaign"), lead.get("utm_content"), lead.get("utm_term"),
+                     clean_domain(lead["email"].rsplit("@", 1)[1]) if lead.get("email") else None,
                      dumps(raw, ensure_ascii=False)))
     if batch is not None:
         return "".join(_copy_line(batch, row) for row in rows), errors, warnings, len(items)
