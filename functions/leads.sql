@@ -8,10 +8,11 @@
 
 -- The deterministic identity key of a lead: its company domain, else e-mail, phone, external id, or
 -- company name key. The only definition (the Python import stages values, never keys).
+-- No SET clause, so the planner inlines it into the bulk upsert's statements (every name in it is
+-- schema-qualified, so the caller's search_path cannot change what it calls).
 create or replace function private.lead_key(domain text, email text, phone text, external_id text, company text)
 returns text
-language sql immutable
-set search_path = ''
+language sql immutable parallel safe
 as $$
   select coalesce('d:' || nullif(domain, ''), 'e:' || nullif(email, ''), 'p:' || nullif(phone, ''),
                   'x:' || nullif(external_id, ''), 'c:' || private.name_key(company))
@@ -142,6 +143,9 @@ returns table (inserted int, merged int, duplicates int, rescored int, rejected 
 language plpgsql
 security definer
 set search_path = ''
+-- One large batch joins and groups its rows a few times: let those hash in memory.
+set work_mem = '128MB'
+set jit = off
 as $$
 #variable_conflict use_variable
 declare
@@ -176,11 +180,18 @@ begin
   ) on commit drop;
   truncate pg_temp.lead_rows, pg_temp.lead_groups;
 
+  -- dom: the company domain -- the website's, else the e-mail's (precomputed by the bulk path, else
+  -- below); never a free-mail provider's.
   insert into pg_temp.lead_rows (line, grp, ek, external_id, company_name, contact_name, email, phone, website, wdom,
-                                 edom, nk, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw)
+                                 edom, dom, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw)
   select s.line, s.line, nullif(s.unique_lead_id, ''), nullif(s.external_id, ''), nullif(s.company_name, ''),
          nullif(s.contact_name, ''), nullif(s.email, ''), nullif(s.phone, ''), nullif(s.website, ''),
-         nullif(s.domain_cleaned, ''), nullif(s.email_domain, ''), null, nullif(s.city, ''), nullif(s.country, ''),
+         nullif(s.domain_cleaned, ''), nullif(s.email_domain, ''),
+         coalesce(case when not exists (select 1 from private.free_mail_domains f where f.domain = s.domain_cleaned)
+                       then nullif(s.domain_cleaned, '') end,
+                  case when not exists (select 1 from private.free_mail_domains f where f.domain = s.email_domain)
+                       then nullif(s.email_domain, '') end),
+         nullif(s.city, ''), nullif(s.country, ''),
          nullif(s.utm_source, ''), nullif(s.utm_medium, ''), nullif(s.utm_campaign, ''), nullif(s.utm_content, ''),
          nullif(s.utm_term, ''), s.raw
   from private.lead_staging s
@@ -196,46 +207,63 @@ begin
 
   -- The company domain: the website's, else the e-mail's (once per distinct e-mail domain); never a
   -- free-mail provider's.
-  update pg_temp.lead_rows r set edom = d.dom
+  update pg_temp.lead_rows r set edom = d.dom,
+         dom = coalesce(r.dom, case when not exists (select 1 from private.free_mail_domains f where f.domain = d.dom)
+                                    then d.dom end)
   from (select x.host, private.website_domain(x.host) as dom
         from (select distinct split_part(y.email, '@', 2) as host from pg_temp.lead_rows y
               where y.email is not null and y.edom is null) x) d
   where r.edom is null and r.email is not null and split_part(r.email, '@', 2) = d.host;
-  update pg_temp.lead_rows r set dom = coalesce(
-           case when not exists (select 1 from private.free_mail_domains f where f.domain = r.wdom) then r.wdom end,
-           case when not exists (select 1 from private.free_mail_domains f where f.domain = r.edom) then r.edom end)
-  where r.wdom is not null or r.edom is not null;
   -- Only rows known by their company name alone are linked by it.
   update pg_temp.lead_rows r set ck = private.name_key(r.company_name)
   where r.email is null and r.phone is null and r.dom is null and r.external_id is null and r.ek is null;
 
-  -- Strong links inside the batch: the smallest line of every connected set (label propagation; a
-  -- second pass is needed only when rows chain through different values).
+  -- Strong links inside the batch: the smallest line of every connected set (label propagation),
+  -- run over the few rows that share a value with another row.
+  create temporary table if not exists lead_links (
+    line int primary key, grp int, ek text, dom text, email text, external_id text, ck text
+  ) on commit drop;
+  truncate pg_temp.lead_links;
+  with shared as materialized (
+    select u.kind, u.v from (
+      select 1 as kind, x.ek as v from pg_temp.lead_rows x where x.ek is not null
+      union all select 2, x.dom from pg_temp.lead_rows x where x.dom is not null
+      union all select 3, x.email from pg_temp.lead_rows x where x.email is not null
+      union all select 4, x.external_id from pg_temp.lead_rows x where x.external_id is not null
+      union all select 5, x.ck from pg_temp.lead_rows x where x.ck is not null
+    ) u group by u.kind, u.v having count(*) > 1
+  )
+  insert into pg_temp.lead_links (line, grp, ek, dom, email, external_id, ck)
+  select r.line, r.grp, r.ek, r.dom, r.email, r.external_id, r.ck from pg_temp.lead_rows r
+  where r.ek in (select s.v from shared s where s.kind = 1) or r.dom in (select s.v from shared s where s.kind = 2)
+     or r.email in (select s.v from shared s where s.kind = 3) or r.external_id in (select s.v from shared s where s.kind = 4)
+     or r.ck in (select s.v from shared s where s.kind = 5);
   loop
     changed := 0;
-    update pg_temp.lead_rows r set grp = m.g
-    from (select x.ek, min(x.grp) g from pg_temp.lead_rows x where x.ek is not null group by x.ek having count(*) > 1) m
+    update pg_temp.lead_links r set grp = m.g
+    from (select x.ek, min(x.grp) g from pg_temp.lead_links x where x.ek is not null group by x.ek) m
     where r.ek = m.ek and r.grp > m.g;
     get diagnostics c = row_count; changed := changed + c;
-    update pg_temp.lead_rows r set grp = m.g
-    from (select x.dom, min(x.grp) g from pg_temp.lead_rows x where x.dom is not null group by x.dom having count(*) > 1) m
+    update pg_temp.lead_links r set grp = m.g
+    from (select x.dom, min(x.grp) g from pg_temp.lead_links x where x.dom is not null group by x.dom) m
     where r.dom = m.dom and r.grp > m.g;
     get diagnostics c = row_count; changed := changed + c;
-    update pg_temp.lead_rows r set grp = m.g
-    from (select x.email, min(x.grp) g from pg_temp.lead_rows x where x.email is not null group by x.email having count(*) > 1) m
+    update pg_temp.lead_links r set grp = m.g
+    from (select x.email, min(x.grp) g from pg_temp.lead_links x where x.email is not null group by x.email) m
     where r.email = m.email and r.grp > m.g;
     get diagnostics c = row_count; changed := changed + c;
-    update pg_temp.lead_rows r set grp = m.g
-    from (select x.external_id, min(x.grp) g from pg_temp.lead_rows x where x.external_id is not null
-          group by x.external_id having count(*) > 1) m
+    update pg_temp.lead_links r set grp = m.g
+    from (select x.external_id, min(x.grp) g from pg_temp.lead_links x where x.external_id is not null
+          group by x.external_id) m
     where r.external_id = m.external_id and r.grp > m.g;
     get diagnostics c = row_count; changed := changed + c;
-    update pg_temp.lead_rows r set grp = m.g
-    from (select x.ck, min(x.grp) g from pg_temp.lead_rows x where x.ck is not null group by x.ck having count(*) > 1) m
+    update pg_temp.lead_links r set grp = m.g
+    from (select x.ck, min(x.grp) g from pg_temp.lead_links x where x.ck is not null group by x.ck) m
     where r.ck = m.ck and r.grp > m.g;
     get diagnostics c = row_count; changed := changed + c;
     exit when changed = 0;
   end loop;
+  update pg_temp.lead_rows r set grp = l.grp from pg_temp.lead_links l where l.line = r.line and l.grp <> r.grp;
 
   -- One row per group: its first row as it is, or (groups of several rows) each column's first
   -- non-empty value, the other values kept as conflicts.
@@ -245,7 +273,8 @@ begin
          r.ek, r.external_id, r.company_name, r.contact_name, r.email, r.phone, r.website, r.dom, r.ck,
          r.city, r.country, r.utm_source, r.utm_medium, r.utm_campaign, r.utm_content, r.utm_term
   from pg_temp.lead_rows r
-  where r.line = r.grp and not exists (select 1 from pg_temp.lead_rows x where x.grp = r.grp and x.line <> r.line);
+  -- (a row is alone in its group when no other row was relabelled to it; those are few)
+  where r.line = r.grp and r.grp not in (select x.grp from pg_temp.lead_rows x where x.line <> x.grp);
 
   insert into pg_temp.lead_groups (g, first_line, n, ek, external_id, company_name, contact_name, email, phone, website,
                                    dom, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term)
@@ -266,7 +295,7 @@ begin
     (array_agg(r.utm_content order by r.line) filter (where r.utm_content is not null))[1],
     (array_agg(r.utm_term order by r.line) filter (where r.utm_term is not null))[1]
   from pg_temp.lead_rows r
-  where r.grp in (select x.grp from pg_temp.lead_rows x group by x.grp having count(*) > 1)
+  where r.grp in (select x.grp from pg_temp.lead_rows x where x.line <> x.grp)
   group by r.grp;
   update pg_temp.lead_groups g set ck = private.name_key(g.company_name) where g.n > 1;
   -- The values a group's later rows offered beside the kept one, per column (in line order).
@@ -288,8 +317,11 @@ begin
 
   -- Phone links inside the batch: a later group with the phone of an earlier one joins it unless
   -- they contradict; then it is a possible duplicate of it.
-  with shared as (
-    select g.g, min(g.g) over (partition by g.phone) as anchor from pg_temp.lead_groups g where g.phone is not null
+  with anchors as (
+    select g.phone, min(g.g) as anchor from pg_temp.lead_groups g where g.phone is not null
+    group by g.phone having count(*) > 1
+  ), shared as (
+    select g.g, a.anchor from pg_temp.lead_groups g join anchors a on a.phone = g.phone
   ), verdict as (
     select s.g, s.anchor,
            (a.email is null or h.email is null or a.email = h.email) and (a.dom is null or h.dom is null or a.dom = h.dom)
@@ -322,7 +354,8 @@ begin
   -- The key (private.lead_key's rule; single rows got it when their group was made).
   update pg_temp.lead_groups g set k = coalesce(g.ek, private.lead_key(g.dom, g.email, g.phone, g.external_id, g.company_name))
   where g.k is null or g.n > 1;
-  analyze pg_temp.lead_groups;
+  -- Statistics for the matching joins below (only the columns they use: cheaper than all).
+  analyze pg_temp.lead_groups (g, k, dom, email, phone, dup_g);
 
   -- Match stored leads (oldest first): the key, then the company domain, the e-mail (a lead's or a
   -- contact's), the phone (a lead's or a contact's) when nothing contradicts it.
@@ -374,7 +407,10 @@ begin
         where g2.lead_id is null and g2.dup_g is null) m
   where g.g = m.g;
 
-  analyze pg_temp.lead_groups;  -- lead_id is set now: the joins below need to know how many
+  -- lead_id is set now: the merge joins below need to know how many (none on a first import).
+  if exists (select 1 from pg_temp.lead_groups g where g.lead_id is not null) then
+    analyze pg_temp.lead_groups (g, lead_id);
+  end if;
 
   -- What a merge fills (empty columns) and what it would have replaced (conflicts), per lead.
   with x as materialized (
@@ -454,8 +490,9 @@ begin
            raw_module
     from pg_temp.lead_groups g join pg_temp.lead_rows r on r.line = g.first_line
     where g.lead_id is null and g.dup_of is null and g.dup_g is null
-    order by g.first_line
-    on conflict (tenant_id, unique_lead_id) do nothing
+    -- No ON CONFLICT: every writer of leads takes the tenant's ingest lock, so a key taken since the
+    -- match above means a writer that skipped it; failing the batch (it can be retried) beats
+    -- dropping its rows silently.
     returning id, unique_lead_id
   ), logged as (
     insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)

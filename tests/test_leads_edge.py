@@ -7,6 +7,7 @@ import hashlib
 import hmac
 import json
 
+import pytest
 from psycopg.types.json import Jsonb
 from typer.testing import CliRunner
 
@@ -148,3 +149,72 @@ def test_large_upload_uses_the_bulk_path(client, conn):
     assert r.json()["inserted"] == 12000 and r.json()["rejected"] == 0
     assert conn.execute("""select count(*) as n from processing_logs p join leads l on l.id = p.lead_id
                             where p.action = 'insert' and l.company_name like 'Firma %%'""").fetchone()["n"] == 12000
+
+
+# ---------------------------------------------------------------- CSV errors and size (issue 9, item 8)
+def test_headers_that_name_no_column_fail_the_import_with_the_accepted_list(client, conn, tmp_path):
+    headers = {**auth(conn), "Content-Type": "text/csv"}
+    before = conn.execute("select count(*) as n from leads").fetchone()["n"]
+    r = client.post("/v1/leads/import", headers=headers, content=b"foo,bar\n1,2\n")
+    assert r.status_code == 422, r.text
+    error = r.json()["error"]
+    assert error["code"] == "unknown_columns" and "foo" in error["message"]
+    assert "company_name (" in error["message"] and "firma" in error["message"] and "e_posta" in error["message"]
+    assert conn.execute("select count(*) as n from leads").fetchone()["n"] == before
+    # the CLI says the same and exits non-zero; --help lists the columns too
+    from luna.cli import app
+
+    path = tmp_path / "x.csv"
+    path.write_bytes(b"foo,bar\n1,2\n")
+    result = CliRunner().invoke(app, ["ingest", "csv", str(path), "--tenant", "demo"])
+    assert result.exit_code == 1 and "unknown_columns" in result.output
+    help_text = CliRunner().invoke(app, ["ingest", "csv", "--help"], terminal_width=400).output
+    assert "firma_adi" in help_text and "telefon" in help_text
+
+
+@pytest.mark.parametrize("blob", [
+    b"PK\x03\x04\x14\x00\x06\x00\x08\x00\x00\x00!\x00" + bytes(range(256)) * 4,   # an .xlsx (zip)
+    b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(200),                        # an image
+    b"company_name,email\n\x00\x00\x00\x00binary\x00\n",                         # NULs inside text
+])
+def test_a_binary_file_fails_the_import(client, conn, blob):
+    r = client.post("/v1/leads/import", headers={**auth(conn), "Content-Type": "text/csv"}, content=blob)
+    assert r.status_code == 422 and r.json()["error"]["code"] == "not_a_csv", r.text
+
+
+def test_an_unclosed_quote_is_reported_not_swallowed(client, conn):
+    body = ("company_name,email,phone\n"
+            "Acar Mobilya,mert@acarmobilya.com.tr,0532 100 20 30\n"
+            "\"Kapanmayan Tırnak,ali@kapanmayan.com,0532 100 20 31\n"
+            "Yıldız Turizm,ayse@yildizturizm.com,0242 111 22 33\n"
+            "Çağlar Gıda,info@caglargida.com.tr,\n")
+    r = client.post("/v1/leads/import", headers={**auth(conn), "Content-Type": "text/csv"}, content=body.encode())
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert result["inserted"] == 1 and result["rejected"] == 1
+    assert result["errors"][0]["line"] == 3 and "never closed" in result["errors"][0]["reason"]
+    assert "3-5" in result["errors"][0]["reason"], "the lines it took are named"
+    # A malformed quote in the middle of a file costs only its own row.
+    body = ("company_name,email\n" "\"Acar\"x Mobilya,mert@acar.com.tr\n" "Yıldız Turizm,ayse@yildiz.com\n")
+    r = client.post("/v1/leads/import", headers={**auth(conn), "Content-Type": "text/csv"}, content=body.encode())
+    assert (r.json()["inserted"], r.json()["rejected"]) == (1, 1), r.text
+
+
+def test_chunks_in_flight_are_bounded():
+    """The normalising pool holds a window of chunks, not the file (Executor.map reads all input)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from worker.leads.ingest import _bounded_map
+
+    read = []
+
+    def items():
+        for i in range(100):
+            read.append(i)
+            yield i
+
+    with ThreadPoolExecutor(2) as pool:
+        out = _bounded_map(pool, lambda x: x * 2, items(), window=4)
+        assert next(out) == 0
+        assert len(read) <= 5
+        assert list(out) == [2 * i for i in range(1, 100)]
