@@ -481,10 +481,11 @@ begin
   with ins as (
     insert into public.leads (tenant_id, unique_lead_id, company_name, contact_name, email, phone, website,
                               domain_cleaned, city, country, source, utm_source, utm_medium, utm_campaign,
-                              utm_content, utm_term, raw, current_orchestrator_priority, next_orchestrator_module)
+                              utm_content, utm_term, raw, validation, current_orchestrator_priority,
+                              next_orchestrator_module)
     select tenant, g.k, g.company_name, g.contact_name, g.email, g.phone, g.website, g.dom, g.city,
            g.country, source, g.utm_source, g.utm_medium, g.utm_campaign, g.utm_content, g.utm_term,
-           jsonb_build_object(source, r.raw),
+           jsonb_build_object(source, r.raw), '{"identifiers": "ingest"}',
            private.lead_priority(source, null, rules,
                                  case when r.raw ?| array['created_time', 'created_at'] then now() - private.lead_source_time(r.raw) end),
            raw_module
@@ -638,6 +639,21 @@ as $$
   from public.tenants t where t.id = tenant
 $$;
 
+-- What the identifier rules make of a lead's stored values, for the normalize step (a lead written
+-- straight into the table, by Glide or SQL, has not been through them): {email, phone,
+-- domain_cleaned, free_mail}. Computed at claim time, in the claim's one statement.
+create or replace function private.lead_identifiers(email text, phone text, website text, region text)
+returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('email', e, 'phone', private.clean_phone(phone, coalesce(region, 'TR')),
+                            'domain_cleaned', private.company_domain(website, e),
+                            'free_mail', exists (select 1 from private.free_mail_domains f
+                                                 where f.domain = private.website_domain(split_part(e, '@', 2))))
+  from (select private.clean_email(email) as e) x
+$$;
+
 create or replace function private.claim_leads(worker text, n int, lease_seconds int)
 returns table (id uuid, next_orchestrator_module text, tenant_id uuid, lead jsonb, config jsonb)
 language sql
@@ -663,9 +679,19 @@ as $$
     select c.tenant_id, private.lead_config(c.tenant_id) as config
     from (select distinct claimed.tenant_id from claimed) c
   )
-  select c.id, c.next_orchestrator_module, c.tenant_id, to_jsonb(c) - 'raw', cfg.config
+  select c.id, c.next_orchestrator_module, c.tenant_id,
+         to_jsonb(c) - 'raw' || case when c.next_orchestrator_module = 'normalize' then jsonb_build_object('identifiers',
+           -- rows ingestion wrote are clean already; only rows written another way are checked again
+           case when c.validation ->> 'identifiers' = 'ingest'
+                then jsonb_build_object('email', c.email, 'phone', c.phone, 'domain_cleaned', c.domain_cleaned,
+                                        'free_mail', exists (select 1 from private.free_mail_domains f
+                                                             where f.domain = split_part(c.email, '@', 2)))
+                else private.lead_identifiers(c.email, c.phone, c.website, cfg.config ->> 'region') end)
+           else '{}' end,
+         cfg.config
   from claimed c join cfg on cfg.tenant_id = c.tenant_id
 $$;
+
 
 /*
  * Finish a batch in one statement. Each result (from the handler) is

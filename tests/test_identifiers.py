@@ -190,3 +190,18 @@ def test_fast_path_agrees_with_the_database_on_generated_numbers(conn):
     wrong = [(raw, region, got, normalize_phone(raw, region)) for (raw, region), got in zip(inputs, sql)
              if got != normalize_phone(raw, region)]
     assert wrong == [], "(input, region, database, python)"
+
+
+async def test_a_lead_written_straight_into_the_table_is_normalised_by_the_database_rules(db_url, conn):
+    """Glide or an analyst inserts a row without the ingest function: the normalize step applies the
+    same rules (private.lead_identifiers at claim time), free mail included."""
+    from .test_leads_pipeline import run_until, settled
+
+    conn.execute("insert into leads (tenant_id, unique_lead_id, company_name, email, phone, website) values "
+                 "(%s, 'manual:1', 'Elle Girilen', 'ELIF.SAHIN@GMAIL.COM', '0532 765 12 34', 'HTTPS://WWW.ELLE-GIRILEN.COM.TR/x')",
+                 (DEMO,))
+    await run_until(db_url, settled(db_url))
+    lead = conn.execute("select * from leads where unique_lead_id = 'manual:1'").fetchone()
+    assert (lead["email"], lead["phone"], lead["domain_cleaned"]) == (
+        "elif.sahin@gmail.com", "+905327651234", "elle-girilen.com.tr")
+    assert lead["validation"]["free_mail"] is True and lead["validation"]["phone_valid"] is True

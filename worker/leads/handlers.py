@@ -64,28 +64,21 @@ def apollo_batcher(ctx, a: ApolloAdapter) -> KeyBatcher:
 # ------------------------------------------------------------------------------------------ normalize
 @LEADS.handler("normalize")
 async def normalize(ctx, row: dict) -> dict:
-    """Re-apply the database's identifier rules (a lead written straight into the table, by Glide or
-    SQL, has not been through them) and record what they found."""
-    lead, config = row["lead"], row["config"] or {}
-    region = config.get("region") or "TR"
-    async with ctx.pool.connection() as conn:
-        found = await (await conn.execute(
-            """select private.clean_email(%(e)s) as email, private.clean_phone(%(p)s, %(r)s) as phone,
-                      private.company_domain(%(w)s, %(e)s) as domain_cleaned,
-                      exists (select 1 from private.free_mail_domains f
-                              where f.domain = private.website_domain(split_part(private.clean_email(%(e)s), '@', 2))) as free_mail""",
-            {"e": lead.get("email"), "p": lead.get("phone"), "r": region, "w": lead.get("website")})).fetchone()
+    """Apply the database's identifier rules (private.lead_identifiers, computed by the claim: a lead
+    written straight into the table has not been through them) and record what they found."""
+    lead = row["lead"]
+    found = lead.get("identifiers") or {}
     values: dict = {}
     for column in ("email", "phone", "domain_cleaned"):
-        if found[column] and found[column] != lead.get(column):
+        if found.get(column) and found[column] != lead.get(column):
             values[column] = found[column]
     if lead.get("city"):
         city = tr_title(lead["city"])
         if city != lead["city"]:
             values["city"] = city
-    values["validation"] = {"phone_valid": bool(found["phone"]) if lead.get("phone") else None,
-                            "email_syntax_valid": bool(found["email"]) if lead.get("email") else None,
-                            "free_mail": found["free_mail"] if found["email"] else None}
+    values["validation"] = {"phone_valid": bool(found.get("phone")) if lead.get("phone") else None,
+                            "email_syntax_valid": bool(found.get("email")) if lead.get("email") else None,
+                            "free_mail": found.get("free_mail") if found.get("email") else None}
     return {"status": "NORMALIZED", "action": "normalize", "set": values,
             "detail": {"changed": sorted(k for k in values if k != "validation")}}
 
