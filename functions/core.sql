@@ -49,3 +49,17 @@ as $$
   where t.slug = lower(ref) or t.id::text = lower(ref)
 $$;
 grant execute on function private.resolve_tenant(text) to service_role;
+
+/*
+ * The one spreadsheet-safe text cell (OWASP "CSV injection"): a text that begins with =, +, -, @, a tab or a
+ * carriage return is prefixed with a single quote, so Excel, LibreOffice and Sheets show it as text instead of
+ * running it as a formula. Every export passes its text cells through this; numbers, dates and ids are left
+ * alone (they are not text, and cannot start a formula).
+ */
+create or replace function private.csv_text(value text) returns text
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  select case when left(value, 1) in ('=', '+', '-', '@', E'\t', E'\r') then '''' || value else value end
+$$;
+grant execute on function private.csv_text(text) to authenticated, service_role;

@@ -886,12 +886,18 @@ begin
   end if;
   return query
     select c.id,
-           case when masked then private.crm_mask_name(c.full_name) else c.full_name end,
+           -- every text cell through private.csv_text (no live formulas in a spreadsheet); the phone is
+           -- E.164 by its check constraint (masked: digits and '*'), so it cannot carry a formula and stays
+           -- dialable as '+90...'
+           private.csv_text(case when masked then private.crm_mask_name(c.full_name) else c.full_name end),
            case when masked then private.crm_mask_phone(c.phone) else c.phone end,
-           case when masked then private.crm_mask_email(c.email) else c.email end,
-           c.region, c.source, c.campaign, c.utm_source, c.utm_medium, c.utm_campaign, c.quality_score,
-           array_to_string(c.tags, ';'),
-           (select string_agg(coalesce(p.email, p.id::text), ';') from public.profiles p where p.id = any(c.responsibles)),
+           private.csv_text(case when masked then private.crm_mask_email(c.email) else c.email end),
+           private.csv_text(c.region), private.csv_text(c.source), private.csv_text(c.campaign),
+           private.csv_text(c.utm_source), private.csv_text(c.utm_medium), private.csv_text(c.utm_campaign),
+           c.quality_score,
+           private.csv_text(array_to_string(c.tags, ';')),
+           private.csv_text((select string_agg(coalesce(p.email, p.id::text), ';') from public.profiles p
+                             where p.id = any(c.responsibles))),
            c.last_contact_at, c.created_at
     from public.customers c
     where (f ->> 'source' is null or c.source = f ->> 'source')
