@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
 import pkgutil
+import sys
 from typing import Optional
 
 import typer
@@ -21,6 +23,14 @@ audit_app = typer.Typer(help="The tamper-evident audit chain.", no_args_is_help=
 app.add_typer(db_app, name="db")
 app.add_typer(audit_app, name="audit")
 console = Console(stderr=True)
+_options = {"debug": False}
+
+
+@app.callback()
+def _global_options(debug: bool = typer.Option(False, "--debug", envvar="LUNA_DEBUG",
+                                               help="on an error, show the Python traceback too")):
+    """LUNA: AI sales, marketing and support automation on Supabase / Postgres."""
+    _options["debug"] = debug
 
 
 def _url() -> str:
@@ -114,24 +124,25 @@ def db_url():
 
 # ------------------------------------------------------------------------------------------ token
 @app.command()
-def token(user: str = typer.Option(..., "--user", help="e-mail or id of the user"),
+def token(user: Optional[str] = typer.Option(None, "--user", help="e-mail or id of the user"),
           tenant: Optional[str] = typer.Option(None, "--tenant", help="tenant slug or id (default: the user's own)"),
           ttl: int = typer.Option(3600 * 24, help="lifetime in seconds"),
-          service: bool = typer.Option(False, "--service", help="mint a service_role key instead")):
+          service: bool = typer.Option(False, "--service", help="mint a service_role key instead (no --user)")):
     """Mint a dev JWT signed with the local secret (what Supabase Auth would issue)."""
     from . import tokens
     from .db import connect
 
     if service:
+        if user or tenant:
+            raise ValueError("--service mints a service_role key for no user: leave out --user and --tenant")
         print(tokens.service_token())
         return
+    if not user:
+        raise ValueError("say whose token: --user EMAIL (e.g. agent@demo.luna.local), or --service for a "
+                         "service_role key")
     _url()
     with connect() as conn:
-        try:
-            print(tokens.mint(conn, user, tenant, ttl=ttl))
-        except (LookupError, PermissionError) as exc:
-            console.print(f"[red]{exc}[/]")
-            raise typer.Exit(1)
+        print(tokens.mint(conn, user, tenant, ttl=ttl))
 
 
 # ------------------------------------------------------------------------------------------ audit
@@ -228,8 +239,45 @@ def _register_area_commands() -> None:
 _register_area_commands()
 
 
-def main() -> None:
-    app()
+def error_message(exc: BaseException) -> tuple[str, int]:
+    """The sentence (and exit status) a CLI user sees for an error; the traceback is for --debug."""
+    import psycopg
+
+    if isinstance(exc, psycopg.OperationalError) and exc.sqlstate is None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return (f"cannot reach the database: {first}. Set DATABASE_URL to a reachable Postgres, or unset it "
+                "to use the embedded default.", 2)
+    if isinstance(exc, psycopg.Error):
+        diag = exc.diag
+        text = diag.message_primary or str(exc).strip().splitlines()[0]
+        if diag.message_detail:
+            text += f" ({diag.message_detail})"
+        if diag.message_hint:
+            text += f"; {diag.message_hint}"
+        return text, 1
+    if (isinstance(exc, (LookupError, PermissionError, ValueError, FileNotFoundError))
+            and not isinstance(exc, (KeyError, IndexError))):  # those two are bugs, not user errors
+        text = exc.args[0] if len(exc.args) == 1 and isinstance(exc.args[0], str) else str(exc)
+        return text, 1
+    return f"unexpected {type(exc).__name__}: {exc} (run with `luna --debug ...` for the traceback)", 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Every command's errors take one path: a sentence on stderr and a non-zero exit; the traceback only
+    with `luna --debug` (or LUNA_DEBUG=1)."""
+    try:
+        app(args=argv, prog_name="luna")
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - this is the CLI's one error path
+        message, status = error_message(exc)
+        if _options["debug"] or os.environ.get("LUNA_DEBUG", "").lower() in ("1", "true", "yes"):
+            import traceback
+
+            traceback.print_exc()
+        red = sys.stderr.isatty()
+        print(f"{chr(27) + '[31m' if red else ''}error:{chr(27) + '[0m' if red else ''} {message}", file=sys.stderr)
+        sys.exit(status)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""CRM commands: `luna crm board --tenant T`, `luna crm reminders`, `luna crm sync-lead LEAD`."""
+"""CRM commands: `luna crm board --tenant T`, `luna crm reminders [--tenant T]`, `luna crm sync-lead LEAD`.
+
+Errors go up to luna.cli.main, the one error path (a sentence, a non-zero exit)."""
 
 from __future__ import annotations
 
@@ -12,18 +14,8 @@ console = Console(stderr=True)
 crm_app = typer.Typer(help="CRM: the board, reminders, lead sync.", no_args_is_help=True)
 
 
-def _tenant(conn, ref: str) -> str:
-    from luna.tokens import resolve_tenant
-
-    try:
-        return str(resolve_tenant(conn, ref))
-    except LookupError as exc:
-        console.print(f"[red]{exc}[/]")
-        raise typer.Exit(1)
-
-
 @crm_app.command("board")
-def board(tenant: str = typer.Option(..., "--tenant", help="tenant slug or id"),
+def board(tenant: Optional[str] = typer.Option(None, "--tenant", help="tenant slug or id (default: the user's own)"),
           user: str = typer.Option("supervisor", help="the role (or e-mail) whose view to show, e.g. agent"),
           pipeline: Optional[str] = typer.Option(None, help="pipeline id (default: the tenant's default)"),
           as_json: bool = typer.Option(False, "--json", help="print the board RPC's JSON")):
@@ -31,21 +23,30 @@ def board(tenant: str = typer.Option(..., "--tenant", help="tenant slug or id"),
     from rich.table import Table
 
     from luna.db import connect
-    from luna.tokens import mint
+    from luna.tokens import as_user, claims, resolve_tenant
 
     with connect() as conn:
-        tenant_id = _tenant(conn, tenant)
-        slug = conn.execute("select slug from public.tenants where id = %s", (tenant_id,)).fetchone()["slug"]
-        email = user if "@" in user else f"{user}@{slug}.luna.local"
-        import jwt
-
-        claims = jwt.decode(mint(conn, email, tenant_id), options={"verify_signature": False})
-        pipeline = pipeline or conn.execute("select id::text from public.pipelines where tenant_id = %s and is_default",
-                                            (tenant_id,)).fetchone()["id"]
-        with conn.transaction():
-            conn.execute("select set_config('role', 'authenticated', true), set_config('request.jwt.claims', %s, true)",
-                         (json.dumps(claims),))
-            result = conn.execute("select public.crm_board(%s) as b", (pipeline,)).fetchone()["b"]
+        if tenant:
+            tenant_id = str(resolve_tenant(conn, tenant))
+            slug = conn.execute("select slug from public.tenants where id = %s", (tenant_id,)).fetchone()["slug"]
+            email = user if "@" in user else f"{user}@{slug}.luna.local"
+        elif "@" in user:
+            email = user
+        else:
+            raise LookupError(f"no user {user!r}: give an e-mail (--user agent@demo.luna.local), or a role with "
+                              f"its tenant (--tenant demo --user {user})")
+        user_claims = claims(conn, email, tenant)
+        tenant_id = user_claims.get("tenant_id")
+        if not tenant_id:
+            raise LookupError(f"{email} is an active member of no tenant")
+        if pipeline is None:
+            row = conn.execute("select id::text from public.pipelines where tenant_id = %s and is_default",
+                               (tenant_id,)).fetchone()
+            if row is None:
+                raise LookupError("the tenant has no default pipeline (give --pipeline ID)")
+            pipeline = row["id"]
+        with as_user(conn, user_claims=user_claims) as cur:
+            result = cur.execute("select public.crm_board(%s) as b", (pipeline,)).fetchone()["b"]
     if as_json:
         print(json.dumps(result, ensure_ascii=False))
         return
@@ -59,28 +60,34 @@ def board(tenant: str = typer.Option(..., "--tenant", help="tenant slug or id"),
 
 
 @crm_app.command("reminders")
-def reminders():
+def reminders(tenant: Optional[str] = typer.Option(None, "--tenant", help="tenant slug or id (default: all)")):
     """Turn due reminders into notifications now (the worker does this every 30 s)."""
     from luna.db import connect
+    from luna.tokens import resolve_tenant
 
     with connect() as conn:
-        n = conn.execute("select private.crm_fire_due_reminders(100000) as n").fetchone()["n"]
-    print(json.dumps({"notified": n}))
+        if tenant is None:
+            n = conn.execute("select private.crm_fire_due_reminders(100000) as n").fetchone()["n"]
+            print(json.dumps({"notified": n}))
+            return
+        tenant_id = str(resolve_tenant(conn, tenant))
+        # The worker's function takes the due reminders `for update skip locked`: a second transaction that
+        # holds the other tenants' open reminders makes it fire this tenant's only (one rule, no copy of it).
+        with connect(autocommit=False) as hold:
+            hold.execute("select 1 from public.reminders where tenant_id <> %s and done_at is null "
+                         "and notified_at is null for update", (tenant_id,))
+            n = conn.execute("select private.crm_fire_due_reminders(100000) as n").fetchone()["n"]
+            hold.rollback()
+    print(json.dumps({"notified": n, "tenant": tenant_id}))
 
 
 @crm_app.command("sync-lead")
 def sync_lead(lead: str = typer.Argument(..., help="lead id")):
     """Send a QUALIFIED (or CRM_ERROR) lead to the CRM now (private.sync_lead_to_crm) and print the result."""
-    import psycopg
-
     from luna.db import connect
 
     with connect() as conn:
-        try:
-            result = conn.execute("select private.sync_lead_to_crm(%s) as r", (lead,)).fetchone()["r"]
-        except psycopg.Error as exc:
-            console.print(f"[red]{exc.diag.message_primary or exc}[/]")
-            raise typer.Exit(1)
+        result = conn.execute("select private.sync_lead_to_crm(%s) as r", (lead,)).fetchone()["r"]
     print(json.dumps(result, ensure_ascii=False))
 
 
