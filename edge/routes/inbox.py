@@ -113,38 +113,56 @@ async def _service_call(request: Request, sql: str, params) -> dict:
 
 
 class WebChatMessage(BaseModel):
-    session_id: str = Field(min_length=8, max_length=128, description="the visitor's id, kept by the widget")
+    session_id: str = Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9_.:-]{8,128}$",
+                            description="the visitor's id, kept by the widget (a random UUID)")
     client_message_id: str = Field(min_length=1, max_length=128, description="unique per message (retries are no-ops)")
-    text: str = Field(min_length=1, max_length=4000)
+    text: str = Field(max_length=4000, description="refused (422 empty_message) when only white space or "
+                                                   "invisible characters")
     name: str | None = Field(default=None, max_length=200)
     email: str | None = Field(default=None, max_length=320)
     phone: str | None = Field(default=None, max_length=40)
     utm: dict[str, str] | None = Field(default=None, description="utm_source, utm_medium, utm_campaign … of the page")
 
 
-@router.post("/v1/webchat/{widget_key}/messages", status_code=202)
+def _refuse_nul(*values) -> None:
+    """Postgres text cannot hold NUL: say so (400) instead of failing in the driver."""
+    for v in values:
+        if isinstance(v, str) and "\x00" in v:
+            raise ApiError(400, "nul_character", "the request contains a NUL character (U+0000)")
+        if isinstance(v, dict):
+            _refuse_nul(*v.keys(), *v.values())
+
+
+@router.post("/v1/webchat/{widget_key}/messages", status_code=202,
+             responses={404: {"description": "unknown_widget"},
+                        422: {"description": "empty_message, invalid_session, invalid_request"},
+                        429: {"description": "rate_limited (a per-session, per-address or per-widget limit, or the "
+                                             "new-session cap); the Retry-After header says when to try again"}})
 async def webchat_message(widget_key: str, message: WebChatMessage, request: Request):
-    """A visitor's message from the web-chat widget (public; the widget key names the inbox)."""
+    """A visitor's message from the web-chat widget (public; the widget key names the inbox).
+    Limits and validation live in private.webchat_receive (docs/inbox.md, "Web chat limits")."""
+    _refuse_nul(widget_key, message.session_id, message.client_message_id, message.text, message.name,
+                message.email, message.phone, message.utm or {})
+    utm = {k: v for k, v in (message.utm or {}).items() if k.startswith("utm_")} or None
     async with as_service(request) as conn:
-        channel = await (await conn.execute(
-            "select id from public.channel_accounts where kind = 'webchat' and external_id = %s and active",
-            (widget_key,))).fetchone()
-        if channel is None:
-            raise ApiError(404, "unknown_widget", "no web-chat inbox has this widget key")
-        utm = {k: v for k, v in (message.utm or {}).items() if k.startswith("utm_")} or None
-        payload = {"from": message.session_id, "name": message.name, "email": message.email, "phone": message.phone,
-                   "message_id": f"webchat:{message.session_id}:{message.client_message_id}", "body": message.text,
-                   "type": "text", "attribution": utm}
         row = await (await conn.execute(
-            "select event_id, inserted from private.receive_event('webchat', %s, %s, '{}', null, null, %s)",
-            (payload["message_id"], Jsonb(payload), channel["id"]))).fetchone()
-    return {"received": True, "duplicate": not row["inserted"]}
+            "select private.webchat_receive(%s, %s, %s, %s, %s, %s, %s, %s, %s) as r",
+            (widget_key, message.session_id, message.client_message_id, message.text, message.name, message.email,
+             message.phone, Jsonb(utm) if utm else None, request.client.host if request.client else None))).fetchone()
+    result = row["r"]
+    if result.get("refused"):
+        wait = max(1, int(result.get("retry_after_s") or 1))
+        raise ApiError(429, "rate_limited", f"too many messages ({result['refused']}); try again in {wait} s",
+                       details={"limit": result["refused"], "retry_after_s": wait},
+                       headers={"Retry-After": str(wait)})
+    return {"received": True, "duplicate": not result["inserted"]}
 
 
 @router.get("/v1/webchat/{widget_key}/messages")
 async def webchat_history(widget_key: str, session_id: str, request: Request, since: str | None = None):
     """The visitor's conversation (their messages and our replies, never internal notes), for the widget
     to poll. The session id is the visitor's secret: the widget makes it random (a UUID) and keeps it."""
+    _refuse_nul(widget_key, session_id, since)
     if len(session_id) < 8:
         raise ApiError(422, "invalid_session", "session_id must be the widget's random visitor id")
     async with as_service(request) as conn:
