@@ -417,6 +417,48 @@ end;
 $$;
 
 /*
+ * E-mail threading (issue 10): the conversation of a message's thread in one inbox, matched on the
+ * Message-IDs it names (In-Reply-To first, then References from the nearest parent back to the root)
+ * against every message stored or sent there (our own outbound Message-IDs included: complete_outbound
+ * keeps them as provider_message_id), else a conversation whose thread root is one of them.
+ */
+create or replace function private.inbox_find_thread(channel uuid, ids text[]) returns uuid
+language sql stable
+set search_path = ''
+as $$
+  select coalesce(
+    (select v.id from unnest(ids) with ordinality as r(mid, pos)
+     join public.channel_accounts a on a.id = channel
+     join public.messages m on m.tenant_id = a.tenant_id and m.provider_message_id = r.mid
+     join public.conversations v on v.tenant_id = m.tenant_id and v.id = m.conversation_id and v.channel_account_id = a.id
+     where r.mid is not null
+     order by r.pos, m.created_at desc limit 1),
+    (select v.id from unnest(ids) with ordinality as r(mid, pos)
+     join public.channel_accounts a on a.id = channel
+     join public.conversations v on v.tenant_id = a.tenant_id and v.channel_account_id = a.id and v.thread_key = r.mid
+     where r.mid is not null
+     order by r.pos limit 1))
+$$;
+
+-- The ids a message names, nearest first: In-Reply-To, References last to first, then extra ids.
+create or replace function private.inbox_thread_ids(in_reply_to text, refs jsonb, extra text[] default '{}')
+returns text[]
+language sql immutable
+set search_path = ''
+as $$
+  select coalesce(array_agg(x.mid order by x.pos), '{}') from (
+    select distinct on (mid) mid, pos from (
+      select in_reply_to as mid, 0::bigint as pos
+      union all
+      select r.value, 1000000 - r.n from jsonb_array_elements_text(
+        case when jsonb_typeof(refs) = 'array' then refs else '[]'::jsonb end) with ordinality as r(value, n)
+      union all
+      select e.value, 2000000 + e.n from unnest(extra) with ordinality as e(value, n)
+    ) y where mid is not null and mid <> ''
+    order by mid, pos) x
+$$;
+
+/*
  * One inbound message into the inbox: contact, conversation (reused while not resolved; e-mail by
  * thread), the message (once per provider id), first-touch attribution, routing. Returns the
  * message id, or null when the message was already there. The contact is the channel identity's
@@ -424,12 +466,15 @@ $$;
  */
 drop function if exists private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb,
                                                text, text, text, text, text, text);
+drop function if exists private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb,
+                                               text, text, text, text, text, text, text, text);
 create or replace function private.ingest_message(
   channel uuid, handle text, display_name text, provider_message_id text, msg_type text, body text,
   payload jsonb default '{}', attachments jsonb default '[]', occurred_at timestamptz default now(),
   attribution jsonb default null, phone text default null, email text default null,
   thread_key text default null, subject text default null, in_reply_to text default null,
-  direction text default 'inbound', scoped_id text default null, username text default null
+  direction text default 'inbound', scoped_id text default null, username text default null,
+  refs jsonb default null
 ) returns uuid
 language plpgsql
 set search_path = ''
@@ -441,6 +486,7 @@ declare
   conv public.conversations;
   new_conv boolean := false;
   msg_id uuid;
+  thread_conv uuid;
 begin
   select * into acc from public.channel_accounts a where a.id = channel;
   if acc.id is null then
@@ -455,10 +501,12 @@ begin
                                     scoped_id, username);
   -- One contact's messages are ingested one at a time, so two workers never open two conversations.
   perform pg_advisory_xact_lock(hashtextextended('inbox-contact:' || contact, 0));
-  -- One conversation per thread (e-mail) or per open contact conversation (chat channels).
+  -- One conversation per thread (e-mail: In-Reply-To and References against every message stored or
+  -- sent, then the thread root) or per open contact conversation (chat channels).
   if thread_key is not null then
-    select * into conv from public.conversations c
-    where c.tenant_id = acc.tenant_id and c.channel_account_id = acc.id and c.thread_key = ingest_message.thread_key;
+    thread_conv := private.inbox_find_thread(acc.id, private.inbox_thread_ids(
+      ingest_message.in_reply_to, ingest_message.refs, array[ingest_message.thread_key]));
+    select * into conv from public.conversations c where c.id = thread_conv;
   else
     select * into conv from public.conversations c
     where c.tenant_id = acc.tenant_id and c.channel_account_id = acc.id and c.contact_id = contact
@@ -502,6 +550,8 @@ begin
   end if;
   if direction = 'inbound' then
     perform private.inbox_customer_unread(contact, 1);
+    -- A person wrote from the address: it receives mail again.
+    update public.contacts ct set bounced_at = null, bounce_reason = null where ct.id = contact and ct.bounced_at is not null;
   end if;
   return msg_id;
 end;
@@ -819,12 +869,94 @@ begin
     return jsonb_build_object('statuses', private.apply_message_status(tenant, p #>> '{status,provider_message_id}',
       p #>> '{status,status}', now(), p #>> '{status,error_code}', p #>> '{status,error_message}')::int);
   end if;
+  -- Machine mail (bounces, delivery reports, out-of-office): never a lead, never a re-opened conversation.
+  if jsonb_typeof(p -> 'auto') = 'object' then
+    return private.ingest_machine_mail(ev);
+  end if;
   id := private.ingest_message(
     ev.channel_account_id, p ->> 'from', p ->> 'name', p ->> 'message_id', coalesce(p ->> 'type', 'text'),
     p ->> 'body', coalesce(p -> 'extra', '{}'), coalesce(p -> 'attachments', '[]'),
     coalesce((p ->> 'date')::timestamptz, ev.received_at), p -> 'attribution', p ->> 'phone', p ->> 'email',
-    p ->> 'thread_key', p ->> 'subject', p ->> 'in_reply_to', coalesce(p ->> 'direction', 'inbound'));
+    p ->> 'thread_key', p ->> 'subject', p ->> 'in_reply_to', coalesce(p ->> 'direction', 'inbound'),
+    refs => p -> 'references');
   return jsonb_build_object('messages', (id is not null)::int, 'duplicates', (id is null)::int);
+end;
+$$;
+
+/*
+ * Machine-generated mail (issue 10, item 10): payload.auto = {kind: bounce | dsn | auto_reply, reasons,
+ * bounced: [{address, status, diagnostic}], original_message_id} (worker/adapters/imap_mail.py).
+ *   - no contact is created or changed, so no lead; a conversation is never created nor re-opened,
+ *     unread counts and the 24-hour window stay as they were;
+ *   - the message is kept in the thread it belongs to (In-Reply-To / References / the reported
+ *     original's Message-ID), with a timeline entry; unmatched machine mail is only kept as the event;
+ *   - a bounce marks every failed recipient's contacts as bouncing (the conversation's contact when
+ *     the report names none) and fails the original message we sent, with the reported status.
+ */
+create or replace function private.ingest_machine_mail(ev private.inbound_events) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  p jsonb := ev.payload;
+  auto jsonb := ev.payload -> 'auto';
+  kind text := coalesce(ev.payload #>> '{auto,kind}', 'auto_reply');
+  acc public.channel_accounts;
+  conv public.conversations;
+  msg_id uuid;
+  addrs text[];
+  reason text;
+  marked int := 0;
+  thread_conv uuid;
+begin
+  select * into acc from public.channel_accounts a where a.id = ev.channel_account_id;
+  if acc.id is null then
+    raise exception 'unknown channel account %', ev.channel_account_id using errcode = 'P0002';
+  end if;
+  thread_conv := private.inbox_find_thread(acc.id, private.inbox_thread_ids(
+    p ->> 'in_reply_to', p -> 'references', array_remove(array[auto ->> 'original_message_id'], null)));
+  select * into conv from public.conversations c where c.id = thread_conv;
+  if conv.id is not null and not exists (select 1 from public.messages m where m.tenant_id = acc.tenant_id
+                                           and m.provider_message_id = p ->> 'message_id') then
+    insert into public.messages (tenant_id, conversation_id, direction, type, body, payload, attachments,
+                                 provider_message_id, in_reply_to, status, created_at)
+    values (acc.tenant_id, conv.id, 'inbound', 'email', p ->> 'body',
+            jsonb_build_object('auto', auto, 'from', p ->> 'from', 'subject', p ->> 'subject'),
+            coalesce(p -> 'attachments', '[]'), p ->> 'message_id', p ->> 'in_reply_to', 'received',
+            coalesce((p ->> 'date')::timestamptz, ev.received_at))
+    on conflict (tenant_id, provider_message_id) where provider_message_id is not null do nothing
+    returning id into msg_id;
+    if msg_id is not null then
+      perform private.inbox_timeline(acc.tenant_id, conv.id, case when kind = 'bounce' then 'bounce' else 'auto_reply' end,
+                                     jsonb_build_object('message_id', msg_id, 'kind', kind, 'reasons', auto -> 'reasons'));
+    end if;
+  end if;
+  if kind = 'bounce' then
+    select array_agg(distinct lower(b ->> 'address')) into addrs
+    from jsonb_array_elements(case when jsonb_typeof(auto -> 'bounced') = 'array' then auto -> 'bounced' else '[]' end) b
+    where b ->> 'address' like '%@%';
+    reason := left(coalesce((select string_agg(concat_ws(' ', b ->> 'address', b ->> 'status', b ->> 'diagnostic'), '; ')
+                             from jsonb_array_elements(case when jsonb_typeof(auto -> 'bounced') = 'array'
+                                                            then auto -> 'bounced' else '[]' end) b),
+                            p ->> 'subject', 'bounced'), 1000);
+    if addrs is null and conv.id is not null then
+      select array[lower(coalesce(ct.email, ct.handle))] into addrs from public.contacts ct where ct.id = conv.contact_id;
+    end if;
+    update public.contacts ct set bounced_at = now(), bounce_reason = reason
+    where ct.tenant_id = acc.tenant_id
+      and (lower(ct.email) = any(addrs) or (ct.channel = 'email' and lower(ct.handle) = any(addrs)));
+    get diagnostics marked = row_count;
+    -- The message that bounced, when the report names it (or we replied in that thread): failed.
+    if auto ? 'original_message_id' then
+      perform private.apply_message_status(acc.tenant_id, auto ->> 'original_message_id', 'failed', now(),
+                                           'bounced', reason);
+      delete from private.early_statuses e where e.tenant_id = acc.tenant_id
+        and e.provider_message_id = auto ->> 'original_message_id' and e.status = 'failed' and e.error_code = 'bounced';
+    end if;
+  end if;
+  return jsonb_build_object('machine', kind, 'messages', (msg_id is not null)::int,
+                            'conversation_id', conv.id, 'bouncing_contacts', marked);
 end;
 $$;
 
@@ -1191,6 +1323,21 @@ begin
       'in_reply_to', last_email.provider_message_id,
       'references', (select jsonb_agg(m.provider_message_id order by m.created_at) from public.messages m
                      where m.tenant_id = c.tenant_id and m.conversation_id = c.id and m.provider_message_id is not null)));
+  end if;
+  -- An address that bounces is not sent to (issue 10): the message is kept, visibly skipped.
+  if acc.kind = 'email' and ct.bounced_at is not null then
+    insert into public.messages (tenant_id, conversation_id, direction, type, body, payload, status, sender_id,
+                                 error_code, error_message)
+    values (c.tenant_id, c.id, 'outbound', mtype, coalesce(body, tpl.name), req, 'failed', (select auth.uid()),
+            'recipient_bouncing', left('not sent: mail to ' || coalesce(ct.email, ct.handle) || ' bounced on '
+                                       || to_char(ct.bounced_at at time zone 'UTC', 'YYYY-MM-DD HH24:MI "UTC"')
+                                       || coalesce(' (' || ct.bounce_reason || ')', ''), 2000))
+    returning * into msg;
+    insert into public.outbound_messages (tenant_id, message_id, channel_account_id, kind, recipient, request,
+                                          idempotency_key, status, error_code, last_error)
+    values (c.tenant_id, msg.id, acc.id, acc.kind, coalesce(req ->> 'to', ct.handle), req, key, 'failed',
+            'recipient_bouncing', msg.error_message);
+    return msg;
   end if;
   insert into public.messages (tenant_id, conversation_id, direction, type, body, payload, status, sender_id)
   values (c.tenant_id, c.id, 'outbound', mtype, coalesce(body, tpl.name), req, 'queued', (select auth.uid()))
@@ -1828,7 +1975,9 @@ grant execute on function
   private.upsert_templates(uuid, jsonb), private.upsert_ad_insights(uuid, text, jsonb),
   private.route_conversation(uuid), private.apply_message_status(uuid, text, text, timestamptz, text, text),
   private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb, text, text, text, text, text, text,
-                         text, text),
+                         text, text, jsonb),
+  private.inbox_find_thread(uuid, text[]), private.inbox_thread_ids(text, jsonb, text[]),
+  private.ingest_machine_mail(private.inbound_events),
   private.inbox_link_contact(uuid), private.inbox_customer_lookup_sql(), private.inbox_customer_unread(uuid, int),
   private.upsert_contact(uuid, text, text, text, text, text, jsonb, text, text), private.merge_contacts(uuid, uuid),
   private.wa_is_bsuid(text), private.inbox_learn_wa_identity(uuid, text, text, text),

@@ -212,6 +212,14 @@ async def send_meta(ctx, row: dict):
 async def send_email(ctx, row: dict):
     from ..adapters import smtp_mail
 
+    # An address that bounced after this message was queued is not sent to either (issue 10).
+    bounce = await _sql(ctx, "select ct.bounced_at, ct.bounce_reason from public.messages m "
+                             "join public.conversations v on v.tenant_id = m.tenant_id and v.id = m.conversation_id "
+                             "join public.contacts ct on ct.tenant_id = v.tenant_id and ct.id = v.contact_id "
+                             "where m.id = %s", row["message_id"])
+    if bounce and bounce["bounced_at"] is not None:
+        raise Permanent(f"code=recipient_bouncing: not sent: mail to {row['recipient']} bounced "
+                        f"({bounce['bounce_reason'] or 'no reason given'})", code="recipient_bouncing")
     ch = await channel(ctx, row["channel_account_id"])
     s, creds = ch["settings"] or {}, ch["credentials"]
     return await send_once(ctx, row, lambda: asyncio.to_thread(
