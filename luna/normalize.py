@@ -45,6 +45,10 @@ HEADER_ALIASES = {
     "unique_lead_id": "unique_lead_id", "external_id": "external_id",
 }
 
+# Per-process caches of distinct values: bulk files repeat domains, area codes and free-mail hosts, so a
+# modest size keeps the hit rate while memory stays flat however large the file (issue 9, item 8).
+_CACHE = 16_384
+
 _TR_UPPER = str.maketrans({"i": "İ", "ı": "I"})
 _TR_LOWER = str.maketrans({"İ": "i", "I": "ı"})
 _FOLD = str.maketrans({"ı": "i", "İ": "i", "ş": "s", "Ş": "s", "ğ": "g", "Ğ": "g", "ü": "u", "Ü": "u",
@@ -140,7 +144,7 @@ def _identifier_text(raw) -> str:
     return " ".join(text.split())
 
 
-@lru_cache(maxsize=200_000)
+@lru_cache(maxsize=_CACHE)
 def normalize_phone(raw, region: str = "TR") -> str | None:
     """A phone number in E.164 ("+905321234567"), read in `region` when it has no "+" or "00";
     None when it is not a valid number. The algorithm is private.clean_phone's, step for step, over
@@ -222,7 +226,7 @@ _EMAIL = re.compile(f"^[{_ATEXT}]+(\\.[{_ATEXT}]+)*@([{_LABEL_CH}]([{_LABEL_CH}-
 _MAILTO = re.compile(r"^mailto:", re.I)
 
 
-@lru_cache(maxsize=200_000)
+@lru_cache(maxsize=_CACHE)
 def normalize_email(raw) -> str | None:
     """A syntactically valid address (see private.clean_email), case-folded locale-independently
     (fold_identifier), international domains kept in Unicode; no DNS. None when invalid."""
@@ -260,7 +264,7 @@ def clean_host(value) -> str | None:
     return text if _HOST.match(text) else None
 
 
-@lru_cache(maxsize=200_000)
+@lru_cache(maxsize=_CACHE)
 def _registered_domain(host: str) -> str | None:
     ext = _extract(host)
     if not ext.domain or not ext.suffix:
@@ -268,7 +272,7 @@ def _registered_domain(host: str) -> str | None:
     return f"{ext.domain}.{ext.suffix}"
 
 
-@lru_cache(maxsize=200_000)
+@lru_cache(maxsize=_CACHE)
 def clean_domain(value) -> str | None:
     """The registrable domain of a URL or host name (private.website_domain): scheme, credentials,
     port, path stripped, IDNA, one label below the public suffix ("https://www.shop.acme.com.tr/x" ->

@@ -218,3 +218,14 @@ def test_chunks_in_flight_are_bounded():
         assert next(out) == 0
         assert len(read) <= 5
         assert list(out) == [2 * i for i in range(1, 100)]
+
+
+def test_docs_list_the_accepted_columns():
+    """docs/leads.md lists the same columns and aliases the importer accepts (and --help prints)."""
+    from pathlib import Path
+
+    from luna.normalize import accepted_columns
+
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "leads.md").read_text("utf-8")
+    missing = [c for c in accepted_columns().split("; ") if f"- {c}\n" not in doc]
+    assert missing == []
