@@ -271,6 +271,7 @@ begin
                                    jsonb_build_object('from', l.id, 'into', k.id));
   end loop;
   update public.conversion_events e set contact_id = k.id where e.tenant_id = k.tenant_id and e.contact_id = l.id;
+  update public.messages m set sender_contact_id = k.id where m.tenant_id = k.tenant_id and m.sender_contact_id = l.id;
   delete from public.contacts c where c.id = l.id;   -- frees its handle and scoped id
   update public.contacts c
   set scoped_id = coalesce(c.scoped_id, l.scoped_id),
@@ -468,13 +469,15 @@ drop function if exists private.ingest_message(uuid, text, text, text, text, tex
                                                text, text, text, text, text, text);
 drop function if exists private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb,
                                                text, text, text, text, text, text, text, text);
+drop function if exists private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb,
+                                               text, text, text, text, text, text, text, text, jsonb);
 create or replace function private.ingest_message(
   channel uuid, handle text, display_name text, provider_message_id text, msg_type text, body text,
   payload jsonb default '{}', attachments jsonb default '[]', occurred_at timestamptz default now(),
   attribution jsonb default null, phone text default null, email text default null,
   thread_key text default null, subject text default null, in_reply_to text default null,
   direction text default 'inbound', scoped_id text default null, username text default null,
-  refs jsonb default null
+  refs jsonb default null, group_chat_id text default null, group_title text default null
 ) returns uuid
 language plpgsql
 set search_path = ''
@@ -501,6 +504,11 @@ begin
                                     scoped_id, username);
   -- One contact's messages are ingested one at a time, so two workers never open two conversations.
   perform pg_advisory_xact_lock(hashtextextended('inbox-contact:' || contact, 0));
+  -- A group chat is one conversation (its thread key is the group's id), whoever writes in it.
+  if group_chat_id is not null then
+    thread_key := 'group:' || group_chat_id;
+    subject := coalesce(group_title, subject);
+  end if;
   -- One conversation per thread (e-mail: In-Reply-To and References against every message stored or
   -- sent, then the thread root) or per open contact conversation (chat channels).
   if thread_key is not null then
@@ -514,8 +522,9 @@ begin
     order by c.created_at desc limit 1;
   end if;
   if conv.id is null then
-    insert into public.conversations (tenant_id, channel_account_id, contact_id, thread_key, subject, attribution)
-    values (acc.tenant_id, acc.id, contact, thread_key, subject, attribution)
+    insert into public.conversations (tenant_id, channel_account_id, contact_id, thread_key, subject, attribution,
+                                      group_chat_id)
+    values (acc.tenant_id, acc.id, contact, thread_key, subject, attribution, ingest_message.group_chat_id)
     on conflict (tenant_id, channel_account_id, thread_key) where thread_key is not null do nothing
     returning * into conv;
     if conv.id is null then  -- a concurrent worker created the thread's conversation
@@ -528,10 +537,11 @@ begin
     end if;
   end if;
   insert into public.messages (tenant_id, conversation_id, direction, type, body, payload, attachments,
-                               provider_message_id, in_reply_to, status, created_at, sent_at)
+                               provider_message_id, in_reply_to, status, created_at, sent_at, sender_contact_id)
   values (acc.tenant_id, conv.id, direction, msg_type, body, coalesce(payload, '{}'), coalesce(attachments, '[]'),
           provider_message_id, in_reply_to, case when direction = 'inbound' then 'received' else 'sent' end,
-          coalesce(occurred_at, now()), case when direction = 'outbound' then occurred_at end)
+          coalesce(occurred_at, now()), case when direction = 'outbound' then occurred_at end,
+          case when direction = 'inbound' then contact end)
   on conflict (tenant_id, provider_message_id) where provider_message_id is not null do nothing
   returning id into msg_id;
   if msg_id is null then
@@ -554,6 +564,78 @@ begin
     update public.contacts ct set bounced_at = null, bounce_reason = null where ct.id = contact and ct.bounced_at is not null;
   end if;
   return msg_id;
+end;
+$$;
+
+/*
+ * Edits and deletions (issue 10, item 9). An edit replaces the message's body (and attachments when
+ * given) and appends the replaced version to messages.edits; a deletion (unsend, revoke) marks the
+ * message deleted_at, keeps its last version in edits and clears the body. Both are idempotent (the
+ * same edit twice, or an older edit after a newer one, changes nothing) and return false when the
+ * message is not stored (the caller decides: an edit of an unknown message is stored as a message).
+ */
+create or replace function private.edit_message(tenant uuid, provider_message_id text, new_body text,
+                                                edited_at timestamptz default now(), new_attachments jsonb default null,
+                                                edit_payload jsonb default null)
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  m public.messages;
+begin
+  select * into m from public.messages x
+  where x.tenant_id = tenant and x.provider_message_id = edit_message.provider_message_id for update;
+  if m.id is null then
+    return false;
+  end if;
+  edited_at := coalesce(edited_at, now());
+  if m.deleted_at is not null or (m.edited_at is not null and m.edited_at >= edited_at)
+     or (m.body is not distinct from new_body and (new_attachments is null or new_attachments = m.attachments)) then
+    return true;  -- already this version, a newer one, or deleted
+  end if;
+  update public.messages x
+  set edits = x.edits || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+                'body', x.body, 'attachments', case when new_attachments is not null then x.attachments end,
+                'until', edit_message.edited_at))),
+      body = new_body,
+      attachments = coalesce(new_attachments, x.attachments),
+      edited_at = edit_message.edited_at,
+      payload = case when edit_payload is null then x.payload else x.payload || jsonb_build_object('last_edit', edit_payload) end
+  where x.id = m.id;
+  perform private.inbox_timeline(m.tenant_id, m.conversation_id, 'message_edited',
+                                 jsonb_build_object('message_id', m.id, 'version', jsonb_array_length(m.edits) + 2));
+  return true;
+end;
+$$;
+
+create or replace function private.delete_message(tenant uuid, provider_message_id text,
+                                                  deleted_at timestamptz default now())
+returns boolean
+language plpgsql
+set search_path = ''
+as $$
+#variable_conflict use_column
+declare
+  m public.messages;
+begin
+  select * into m from public.messages x
+  where x.tenant_id = tenant and x.provider_message_id = delete_message.provider_message_id for update;
+  if m.id is null then
+    return false;
+  end if;
+  if m.deleted_at is not null then
+    return true;
+  end if;
+  update public.messages x
+  set edits = x.edits || jsonb_build_array(jsonb_strip_nulls(jsonb_build_object(
+                'body', x.body, 'attachments', case when x.attachments <> '[]' then x.attachments end,
+                'until', coalesce(delete_message.deleted_at, now()), 'deleted', true))),
+      body = null, attachments = '[]', deleted_at = coalesce(delete_message.deleted_at, now())
+  where x.id = m.id;
+  perform private.inbox_timeline(m.tenant_id, m.conversation_id, 'message_deleted', jsonb_build_object('message_id', m.id));
+  return true;
 end;
 $$;
 
@@ -691,6 +773,7 @@ declare
   duplicates int := 0;
   statuses int := 0;
   unknown int := 0;
+  changed int := 0;
 begin
   if ev.payload ->> 'object' is distinct from 'whatsapp_business_account' then
     raise exception 'not a WhatsApp Business Account event (object=%)', ev.payload ->> 'object' using errcode = '22023';
@@ -723,6 +806,28 @@ begin
             using errcode = '22023';
         end if;
         kind := m ->> 'type';
+        -- A deletion (type revoke) or an edit (type edit) of an earlier message (Meta's "Revoke" and
+        -- "Edit messages" webhook references): the stored message changes, nothing new is added. An
+        -- edit of a message we never stored is stored as that message, in its edited version.
+        if kind = 'revoke' then
+          if private.delete_message(acc.tenant_id, m #>> '{revoke,original_message_id}',
+                                    to_timestamp((m ->> 'timestamp')::double precision)) then
+            changed := changed + 1;
+          end if;
+          continue;
+        elsif kind = 'edit' then
+          if private.edit_message(acc.tenant_id, m #>> '{edit,original_message_id}',
+                                  coalesce(m #>> '{edit,message,text,body}',
+                                           m #>> array['edit', 'message', m #>> '{edit,message,type}', 'caption']),
+                                  to_timestamp((m ->> 'timestamp')::double precision), null, m) then
+            changed := changed + 1;
+            continue;
+          end if;
+          m := jsonb_strip_nulls(coalesce(m #> '{edit,message}', '{}') || jsonb_build_object(
+                 'id', m #>> '{edit,original_message_id}', 'from', m -> 'from', 'from_user_id', m -> 'from_user_id',
+                 'timestamp', m -> 'timestamp'));
+          kind := m ->> 'type';
+        end if;
         media := null;
         attachments := '[]';
         body := null;
@@ -772,7 +877,7 @@ begin
     end loop;
   end loop;
   return jsonb_build_object('messages', new_messages, 'duplicates', duplicates, 'statuses', statuses,
-                            'unknown_numbers', unknown);
+                            'unknown_numbers', unknown, 'edits_and_deletions', changed);
 end;
 $$;
 
@@ -794,6 +899,7 @@ declare
   new_messages int := 0;
   duplicates int := 0;
   statuses int := 0;
+  changed int := 0;
 begin
   if channel_kind is null then
     raise exception 'not an Instagram or Messenger event (object=%)', ev.payload ->> 'object' using errcode = '22023';
@@ -805,6 +911,22 @@ begin
     end if;
     for e in select * from jsonb_array_elements(coalesce(entry -> 'messaging', '[]')) loop
       msg := e -> 'message';
+      -- An unsent message (Instagram: message.is_deleted) is shown as deleted.
+      if msg is not null and coalesce((msg ->> 'is_deleted')::boolean, false) then
+        if private.delete_message(acc.tenant_id, msg ->> 'mid', to_timestamp((e ->> 'timestamp')::double precision / 1000)) then
+          changed := changed + 1;
+        end if;
+        continue;
+      end if;
+      -- An edit (message_edits: message_edit {mid, text, num_edit}); unknown messages are stored as edited.
+      if e ? 'message_edit' then
+        if private.edit_message(acc.tenant_id, e #>> '{message_edit,mid}', e #>> '{message_edit,text}',
+                                to_timestamp((e ->> 'timestamp')::double precision / 1000), null, e) then
+          changed := changed + 1;
+          continue;
+        end if;
+        msg := jsonb_build_object('mid', e #>> '{message_edit,mid}', 'text', e #>> '{message_edit,text}');
+      end if;
       if msg is not null and not coalesce((msg ->> 'is_echo')::boolean, false) then
         msg_type := case when msg ? 'attachments' then 'media' when msg ? 'quick_reply' then 'interactive' else 'text' end;
         referral := coalesce(msg -> 'referral', e -> 'referral');
@@ -847,7 +969,8 @@ begin
       end if;
     end loop;
   end loop;
-  return jsonb_build_object('messages', new_messages, 'duplicates', duplicates, 'statuses', statuses);
+  return jsonb_build_object('messages', new_messages, 'duplicates', duplicates, 'statuses', statuses,
+                            'edits_and_deletions', changed);
 end;
 $$;
 
@@ -873,12 +996,24 @@ begin
   if jsonb_typeof(p -> 'auto') = 'object' then
     return private.ingest_machine_mail(ev);
   end if;
+  -- Deletions ({"deleted": {"message_ids": [...]}}) and edits ({"edit": {"at"}} beside the new version).
+  if jsonb_typeof(p -> 'deleted') = 'object' then
+    return jsonb_build_object('deletions', (
+      select count(*) filter (where private.delete_message(tenant, d.mid, coalesce((p #>> '{deleted,at}')::timestamptz, ev.received_at)))
+      from jsonb_array_elements_text(coalesce(p #> '{deleted,message_ids}', '[]')) d(mid)));
+  end if;
+  if jsonb_typeof(p -> 'edit') = 'object'
+     and private.edit_message(tenant, p ->> 'message_id', p ->> 'body', coalesce((p #>> '{edit,at}')::timestamptz, ev.received_at),
+                              case when jsonb_typeof(p -> 'attachments') = 'array' and p -> 'attachments' <> '[]'
+                                   then p -> 'attachments' end, p -> 'extra') then
+    return jsonb_build_object('edits', 1);
+  end if;  -- an edit of a message we never stored: stored as the message it now is
   id := private.ingest_message(
     ev.channel_account_id, p ->> 'from', p ->> 'name', p ->> 'message_id', coalesce(p ->> 'type', 'text'),
     p ->> 'body', coalesce(p -> 'extra', '{}'), coalesce(p -> 'attachments', '[]'),
     coalesce((p ->> 'date')::timestamptz, ev.received_at), p -> 'attribution', p ->> 'phone', p ->> 'email',
     p ->> 'thread_key', p ->> 'subject', p ->> 'in_reply_to', coalesce(p ->> 'direction', 'inbound'),
-    refs => p -> 'references');
+    refs => p -> 'references', group_chat_id => p #>> '{group,chat_id}', group_title => p #>> '{group,title}');
   return jsonb_build_object('messages', (id is not null)::int, 'duplicates', (id is null)::int);
 end;
 $$;
@@ -1310,7 +1445,7 @@ begin
     end if;
   end if;
   req := jsonb_strip_nulls(jsonb_build_object(
-    'type', mtype, 'to', ct.handle, 'body', body, 'media', media,
+    'type', mtype, 'to', coalesce(c.group_chat_id, ct.handle), 'body', body, 'media', media,
     'template', case when mtype = 'template' then jsonb_build_object('name', tpl.name, 'language', tpl.language,
                                                                      'variables', vars, 'components', tpl.components) end));
   if acc.kind = 'email' then
@@ -1897,10 +2032,14 @@ as $$
 #variable_conflict use_column
 declare
   c public.conversations;
-  event text := case when tg_op = 'INSERT' then 'message_created' else 'message_status' end;
+  event text := case when tg_op = 'INSERT' then 'message_created'
+                     when new.deleted_at is distinct from old.deleted_at then 'message_deleted'
+                     when new.edited_at is distinct from old.edited_at then 'message_edited'
+                     else 'message_status' end;
   data jsonb;
 begin
-  if tg_op = 'UPDATE' and new.status is not distinct from old.status then
+  if tg_op = 'UPDATE' and new.status is not distinct from old.status and new.edited_at is not distinct from old.edited_at
+     and new.deleted_at is not distinct from old.deleted_at then
     return null;
   end if;
   select * into c from public.conversations where id = new.conversation_id;
@@ -1915,7 +2054,7 @@ begin
 end;
 $$;
 drop trigger if exists broadcast_message on public.messages;
-create trigger broadcast_message after insert or update of status on public.messages
+create trigger broadcast_message after insert or update of status, edited_at, deleted_at on public.messages
   for each row execute function private.broadcast_message();
 
 create or replace function private.broadcast_conversation() returns trigger
@@ -1975,7 +2114,8 @@ grant execute on function
   private.upsert_templates(uuid, jsonb), private.upsert_ad_insights(uuid, text, jsonb),
   private.route_conversation(uuid), private.apply_message_status(uuid, text, text, timestamptz, text, text),
   private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb, text, text, text, text, text, text,
-                         text, text, jsonb),
+                         text, text, jsonb, text, text),
+  private.edit_message(uuid, text, text, timestamptz, jsonb, jsonb), private.delete_message(uuid, text, timestamptz),
   private.inbox_find_thread(uuid, text[]), private.inbox_thread_ids(text, jsonb, text[]),
   private.ingest_machine_mail(private.inbound_events),
   private.inbox_link_contact(uuid), private.inbox_customer_lookup_sql(), private.inbox_customer_unread(uuid, int),

@@ -248,14 +248,12 @@ async def telegram_event(channel_id: str, request: Request):
         update = json.loads(await request.body())
     except ValueError:
         raise ApiError(400, "malformed_body", "the body is not JSON")
-    msg = update.get("message") or update.get("edited_message")
-    if not msg:
+    from worker.adapters.telegram import update_payload
+
+    # The sender (not the chat) is the contact; a group is one conversation; an edit updates the message.
+    payload = update_payload(update)
+    if payload is None:
         return {"received": True, "ignored": True}
-    sender = msg.get("from") or {}
-    chat_id = str((msg.get("chat") or {}).get("id"))
-    payload = {"from": chat_id, "name": " ".join(filter(None, [sender.get("first_name"), sender.get("last_name")])) or None,
-               "message_id": f"tg:{chat_id}:{msg.get('message_id')}", "body": msg.get("text") or msg.get("caption"),
-               "type": "text" if "text" in msg else "media", "date": None, "extra": {"username": sender.get("username")}}
     row = await _service_call(request, "select event_id, inserted from private.receive_event('telegram', %s, %s, '{}', null, null, %s)",
                               (f"tg:{channel_id}:{update.get('update_id')}", Jsonb(payload), channel_id))
     return {"received": True, "duplicate": not row["inserted"]}
