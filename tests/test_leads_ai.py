@@ -140,8 +140,7 @@ async def test_scheduled_pulls_and_slack_alerts(db_url, conn):
 
             conn.execute("insert into tenant_features (tenant_id, feature, enabled, config) values (%s, 'leads.alerts.slack', true, %s)",
                          (DEMO, Jsonb({"webhook_url": f"{sbase}/services/T0/B0/x"})))
-            jobs._last_alert_id = None
-            assert await jobs.send_alerts(ctx) == 0  # the first run sets the mark
+            assert await jobs.send_alerts(ctx) == 0  # the first run sets the mark (private.cursors)
             lead = leads["Deniz Otel"]["id"]
             conn.execute("""insert into processing_logs (tenant_id, lead_id, module, action, result, to_status, error)
                             values (%s, %s, 'enrich', 'attempt', 'error', 'HUMAN_REVIEW_NEEDED', 'apollo answered HTTP 500')""",
@@ -152,6 +151,8 @@ async def test_scheduled_pulls_and_slack_alerts(db_url, conn):
                                  "on m.user_id = n.user_id and m.tenant_id = n.tenant_id where n.kind = 'lead_alert'").fetchall()
             assert {n["role"] for n in notes} == {"owner", "admin", "supervisor"}  # the CRM area's notifications
             assert all(n["data"]["lead_id"] == str(lead) for n in notes)
+            # The position is in the database: another run (a restart, another worker) repeats nothing.
+            assert await jobs.send_alerts(ctx) == 0 and len(smodes.calls) == 1
             for a in ctx.adapters.values():
                 await a.aclose()
     finally:

@@ -68,13 +68,36 @@ def job(kind: str):
 
 
 def every(name: str, **trigger):
-    """Register a scheduled function: @every("rescue", seconds=5) or @every("digest", cron="0 8 * * *")."""
+    """Register a scheduled function: @every("digest", seconds=60) or @every("digest", cron="0 8 * * *").
+
+    It runs once per due time across all workers: each worker's scheduler enqueues a job of kind
+    "schedule:<name>" keyed by the due time (private.jobs.idempotency_key), and whichever worker
+    claims it runs `fn(ctx)`; a failure is retried like any job. Keep state between runs in the
+    database (private.cursors), never in the process."""
 
     def register(fn):
         SCHEDULES.append((name, trigger, fn))
+
+        @JOBS.handler(f"schedule:{name}")
+        async def tick(ctx, job):
+            return await fn(ctx)
+
         return fn
 
     return register
+
+
+def due_slot(trigger: dict, now) -> "datetime":
+    """The due time a scheduler firing at `now` stands for: the start of the current interval
+    (intervals are aligned to the Unix epoch, so every worker's scheduler names the same slot) or,
+    for cron schedules, the current minute."""
+    from datetime import datetime, timezone
+
+    if "cron" in trigger:
+        return now.replace(second=0, microsecond=0)
+    seconds = int(trigger.get("seconds", 0) + 60 * trigger.get("minutes", 0) + 3600 * trigger.get("hours", 0))
+    start = int(now.timestamp()) // seconds * seconds
+    return datetime.fromtimestamp(start, timezone.utc)
 
 
 def discover() -> None:

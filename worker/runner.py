@@ -12,16 +12,18 @@ import signal
 import socket
 import traceback
 import uuid
+from datetime import datetime, timezone
 
 import psycopg
 from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
 from luna.settings import get_settings
 
 from .breaker import Breaker
 from .errors import BreakerOpen, JobError
-from .registry import JOBS, QUEUES, SCHEDULES, Context, Queue, discover
+from .registry import JOBS, QUEUES, SCHEDULES, Context, Queue, discover, due_slot
 
 log = logging.getLogger("luna.worker")
 
@@ -259,6 +261,24 @@ class _Done:
         self.result = result
 
 
+async def _enqueue_tick(worker: "Worker", name: str, trigger: dict) -> None:
+    """This worker's scheduler fired for `name`: enqueue the tick (a no-op if another worker did)."""
+    due = due_slot(trigger, datetime.now(timezone.utc))
+    try:
+        async with worker.pool.connection() as conn:
+            await conn.execute("select private.enqueue_job(%s, %s, null, %s, %s)",
+                               (f"schedule:{name}", Jsonb({"due": due.isoformat()}), due,
+                                f"schedule:{name}:{due.isoformat()}"))
+    except Exception as exc:  # the next tick tries again; the database may be restarting
+        log.warning("enqueueing the %s tick failed: %s", name, exc)
+
+
+async def _prune_ticks(worker: "Worker") -> None:
+    async with worker.pool.connection() as conn:
+        await conn.execute("delete from private.jobs where kind like 'schedule:%%' and status in ('succeeded', 'cancelled') "
+                           "and updated_at < now() - interval '1 day'")
+
+
 async def run_worker(url: str, *, with_scheduler: bool = True, stop: asyncio.Event | None = None, **kwargs) -> None:
     """`luna worker`: the claim loops plus APScheduler's cron jobs, until stop is set (or Ctrl-C)."""
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -268,15 +288,21 @@ async def run_worker(url: str, *, with_scheduler: bool = True, stop: asyncio.Eve
     await worker.start()
     scheduler = AsyncIOScheduler(timezone="UTC")
     if with_scheduler:
+        from apscheduler.triggers.interval import IntervalTrigger
+
         scheduler.add_job(worker.rescue, "interval", seconds=5, id="rescue", max_instances=1, coalesce=True)
-        for name, trigger, fn in SCHEDULES:
+        scheduler.add_job(_prune_ticks, "interval", seconds=3600, args=[worker], id="prune-ticks", max_instances=1,
+                          coalesce=True)
+        epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)  # intervals aligned, so all workers name the same slot
+        for name, trigger, _fn in SCHEDULES:
             trigger = dict(trigger)
             if "cron" in trigger:
-                scheduler.add_job(fn, CronTrigger.from_crontab(trigger.pop("cron"), timezone="UTC"),
-                                  args=[worker.context], id=name, max_instances=1, coalesce=True)
+                fire = CronTrigger.from_crontab(trigger["cron"], timezone="UTC")
             else:
-                scheduler.add_job(fn, "interval", args=[worker.context], id=name, max_instances=1,
-                                  coalesce=True, **trigger)
+                fire = IntervalTrigger(start_date=epoch, timezone="UTC",
+                                       **{k: v for k, v in trigger.items() if k in ("seconds", "minutes", "hours")})
+            scheduler.add_job(_enqueue_tick, fire, args=[worker, name, trigger], id=name, max_instances=1,
+                              coalesce=True)
         scheduler.start()
     runner = asyncio.create_task(worker.run())
     if stop is None:

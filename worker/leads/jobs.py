@@ -124,32 +124,41 @@ async def pull_due_sources(ctx) -> None:
 
 
 # ------------------------------------------------------------------------------------------ alerts
-_last_alert_id: int | None = None
+ALERTS_CURSOR = "leads.alerts"
 
 
 @every("leads.alerts", seconds=30)
 async def send_alerts(ctx) -> int:
-    """New errors that sent a lead to review (and open breakers) go to Slack when configured."""
-    global _last_alert_id
+    """New errors that sent a lead to review (and open breakers) become in-app notifications for the
+    tenant's supervisors and, when configured, Slack messages.
+
+    The position is private.cursors['leads.alerts'] (the last processing_logs id seen): notifications
+    and the cursor move in one transaction, so a crash never repeats or skips them; Slack is posted
+    after that commit (at most once). The first run starts at the newest log row."""
     async with ctx.pool.connection() as conn:
-        if _last_alert_id is None:
-            row = await (await conn.execute("select coalesce(max(id), 0) as id from public.processing_logs")).fetchone()
-            _last_alert_id = row["id"]
-            return 0
-        rows = await (await conn.execute("""
-            select p.id, p.tenant_id, p.lead_id, p.module, p.to_status, left(p.error, 300) as error,
-                   (select tf.config ->> 'webhook_url' from public.tenant_features tf
-                     where tf.tenant_id = p.tenant_id and tf.feature = 'leads.alerts.slack' and tf.enabled) as webhook
-            from public.processing_logs p
-            where p.id > %s and p.result = 'error' order by p.id limit 200""", (_last_alert_id,))).fetchall()
-        opened = await (await conn.execute(
-            "select module_name, last_error from public.module_health where health_status = 'OPEN' "
-            "and opened_at > now() - interval '30 seconds'")).fetchall()
-    if rows:
-        await _notify_supervisors(ctx, rows)
+        async with conn.transaction():
+            row = await (await conn.execute(
+                "select position from private.cursors where name = %s for update", (ALERTS_CURSOR,))).fetchone()
+            if row is None:
+                await conn.execute("""insert into private.cursors (name, position)
+                                      select %s, coalesce(max(id), 0) from public.processing_logs
+                                      on conflict (name) do nothing""", (ALERTS_CURSOR,))
+                return 0
+            rows = await (await conn.execute("""
+                select p.id, p.tenant_id, p.lead_id, p.module, p.to_status, left(p.error, 300) as error,
+                       (select tf.config ->> 'webhook_url' from public.tenant_features tf
+                         where tf.tenant_id = p.tenant_id and tf.feature = 'leads.alerts.slack' and tf.enabled) as webhook
+                from public.processing_logs p
+                where p.id > %s and p.result = 'error' order by p.id limit 200""", (row["position"],))).fetchall()
+            opened = await (await conn.execute(
+                "select module_name, last_error from public.module_health where health_status = 'OPEN' "
+                "and opened_at > now() - interval '30 seconds'")).fetchall()
+            if rows:
+                await _notify_supervisors(conn, rows)
+                await conn.execute("update private.cursors set position = %s, updated_at = now() where name = %s",
+                                   (max(r["id"] for r in rows), ALERTS_CURSOR))
     sent = 0
     for r in rows:
-        _last_alert_id = max(_last_alert_id, r["id"])
         if r["webhook"]:
             text = (f":rotating_light: LUNA lead {r['lead_id']} -> {r['to_status']} in {r['module']}: {r['error']}")
             sent += await _slack(ctx, r["webhook"], text)
@@ -161,22 +170,21 @@ async def send_alerts(ctx) -> int:
     return sent
 
 
-async def _notify_supervisors(ctx, rows) -> None:
+async def _notify_supervisors(conn, rows) -> None:
     """In-app notifications (the CRM area's public.notifications, when it exists) for each tenant's
-    owners, admins and supervisors."""
-    async with ctx.pool.connection() as conn:
-        exists = await (await conn.execute("select to_regclass('public.notifications') is not null as ok")).fetchone()
-        if not exists["ok"]:
-            return
-        await conn.execute("""
-            insert into public.notifications (tenant_id, user_id, kind, title, body, data)
-            select a.tenant_id, m.user_id, 'lead_alert', 'Lead needs attention: ' || a.module, a.error,
-                   jsonb_build_object('lead_id', a.lead_id, 'status', a.to_status, 'module', a.module)
-            from jsonb_to_recordset(%s) as a(tenant_id uuid, lead_id uuid, module text, to_status text, error text)
-            join public.tenant_members m on m.tenant_id = a.tenant_id and m.active
-                 and m.role in ('owner', 'admin', 'supervisor')""",
-            (Jsonb([{k: (str(r[k]) if r[k] is not None else None) for k in ("tenant_id", "lead_id", "module", "to_status", "error")}
-                    for r in rows]),))
+    owners, admins and supervisors, in the caller's transaction."""
+    exists = await (await conn.execute("select to_regclass('public.notifications') is not null as ok")).fetchone()
+    if not exists["ok"]:
+        return
+    await conn.execute("""
+        insert into public.notifications (tenant_id, user_id, kind, title, body, data)
+        select a.tenant_id, m.user_id, 'lead_alert', 'Lead needs attention: ' || a.module, a.error,
+               jsonb_build_object('lead_id', a.lead_id, 'status', a.to_status, 'module', a.module)
+        from jsonb_to_recordset(%s) as a(tenant_id uuid, lead_id uuid, module text, to_status text, error text)
+        join public.tenant_members m on m.tenant_id = a.tenant_id and m.active
+             and m.role in ('owner', 'admin', 'supervisor')""",
+        (Jsonb([{k: (str(r[k]) if r[k] is not None else None) for k in ("tenant_id", "lead_id", "module", "to_status", "error")}
+                for r in rows]),))
 
 
 async def _slack(ctx, url: str, text: str) -> int:
