@@ -1,7 +1,9 @@
 """Local realtime relay: LISTEN on the shim's 'realtime' channel and fan out to SSE subscribers.
 
 Supabase's Realtime server does this in production; the relay exists for development and tests,
-and applies the same rule (private.can_join_topic, the function RLS on realtime.messages uses).
+and applies the same rule (private.can_join_topic, the function RLS on realtime.messages uses). The
+relay only routes by topic; the stream (edge/routes/realtime.py) re-checks the rule for every event
+it delivers, so access revoked after joining ends delivery at once.
 """
 
 from __future__ import annotations
@@ -15,11 +17,21 @@ import psycopg
 log = logging.getLogger("luna.realtime")
 
 
+class Subscription:
+    """One stream's topics (a stream may drop some when access to them is revoked) and its queue."""
+
+    __slots__ = ("topics", "queue")
+
+    def __init__(self, topics):
+        self.topics: set[str] = set(topics)
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=1000)
+
+
 class Relay:
     def __init__(self, url: str, pool):
         self.url = url
         self.pool = pool
-        self.subscribers: set[tuple[frozenset[str], asyncio.Queue]] = set()
+        self.subscribers: set[Subscription] = set()
         self._task: asyncio.Task | None = None
         self.ready = asyncio.Event()
 
@@ -31,8 +43,8 @@ class Relay:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
-    def subscribe(self, topics: frozenset[str]) -> tuple[frozenset[str], asyncio.Queue]:
-        entry = (topics, asyncio.Queue(maxsize=1000))
+    def subscribe(self, topics) -> Subscription:
+        entry = Subscription(topics)
         self.subscribers.add(entry)
         return entry
 
@@ -56,7 +68,7 @@ class Relay:
 
     async def _dispatch(self, raw: str) -> None:
         message = json.loads(raw)
-        targets = [q for topics, q in list(self.subscribers) if message["topic"] in topics]
+        targets = [sub.queue for sub in list(self.subscribers) if message["topic"] in sub.topics]
         if not targets:
             return
         if message.get("large"):
