@@ -147,6 +147,11 @@ def webhook(quick: bool = False, connections: int = 16, workers: int = 2, replay
                     for i in range(300)]
             asyncio.run(_load(port, warm, connections, None))
             elapsed, latencies, statuses = asyncio.run(_load(port, reqs, connections, None))
+            # Baseline, same server and run: a request no route handles (the app's middleware and router
+            # answer 404; no signature check, no database).
+            bare = [f"POST /v1/bench-baseline HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(b)}\r\n\r\n".encode() + b for b in bodies[: max(2000, total // 5)]]
+            bare_elapsed, _, _ = asyncio.run(_load(port, bare, connections, None))
         finally:
             proc.terminate()
             try:
@@ -160,7 +165,9 @@ def webhook(quick: bool = False, connections: int = 16, workers: int = 2, replay
             ).fetchone()
     ok = statuses.get(200, 0)
     return {"bench": "webhook", "figures": {
-        "requests_per_s": round(len(reqs) / elapsed), "p50_ms": round(percentile(latencies, 50), 2),
+        "requests_per_s": round(len(reqs) / elapsed),
+        "baseline_requests_per_s": round(len(bare) / bare_elapsed),
+        "ratio": round((len(reqs) / elapsed) / (len(bare) / bare_elapsed), 3), "p50_ms": round(percentile(latencies, 50), 2),
         "p95_ms": round(percentile(latencies, 95), 2), "p99_ms": round(percentile(latencies, 99), 2),
         "lost": total - distinct, "duplicated": stored - distinct, "non_200": len(reqs) - ok},
         "conditions": {"requests": len(reqs), "unique_events": total, "replayed": replays, "connections": connections,
