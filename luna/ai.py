@@ -204,7 +204,7 @@ class OpenAIProvider:
         self.client = client or AsyncOpenAI(api_key=api_key, base_url=base_url, timeout=timeout, max_retries=1)
 
     async def qualify(self, lead: dict, context: dict | None = None) -> Qualification:
-        from worker.errors import JobError
+        from luna.errors import JobError
 
         facts = {k: lead.get(k) for k in ("company_name", "contact_name", "email", "phone", "website", "domain_cleaned",
                                           "city", "country", "source", "utm_source", "utm_medium", "utm_campaign")}

@@ -204,7 +204,7 @@ def test_chunks_in_flight_are_bounded():
     """The normalising pool holds a window of chunks, not the file (Executor.map reads all input)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from worker.leads.ingest import _bounded_map
+    from luna.lead_import import _bounded_map
 
     read = []
 

@@ -130,7 +130,7 @@ def test_turkish_phone_fast_path_agrees_with_phonenumbers():
 
 def test_csv_decoding_and_copy_text():
     from luna.normalize import sniff_encoding
-    from worker.leads.ingest import ImportResult, parse
+    from luna.lead_import import ImportResult, parse
 
     data = "Firma;E-posta;Not\n\"Tab\tve\\ters, bölü\";a@tabfirma.com;\"çok\nsatırlı\"\n".encode("cp1254")
     assert sniff_encoding(data) == "cp1254"

@@ -106,7 +106,7 @@ async def import_leads(request: Request):
         spool.seek(0)
         # The bulk path is CPU work (decode, parse, normalise on a process pool) and one COPY: it runs
         # in a thread on its own connection (as service_role), off the event loop.
-        from worker.leads.ingest import CsvError
+        from luna.lead_import import CsvError
 
         try:
             result = await asyncio.to_thread(_import_sync, request.app.state.database_url, tenant, spool, source)
@@ -119,7 +119,7 @@ def _import_sync(url: str, tenant: str, spool, source: str):
     import psycopg
     from psycopg.rows import dict_row
 
-    from worker.leads.ingest import import_csv
+    from luna.lead_import import import_csv
 
     def chunks():
         while chunk := spool.read(1 << 20):

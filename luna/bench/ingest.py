@@ -45,7 +45,7 @@ def run(quick: bool = False, rows: int | None = None) -> dict:
     import psycopg
     from psycopg.rows import dict_row
 
-    from worker.leads.ingest import file_chunks, import_csv
+    from luna.lead_import import file_chunks, import_csv
 
     n = rows or (5_000 if quick else 100_000)
     tmp = tempfile.mkdtemp(prefix="luna-bench-ingest-")

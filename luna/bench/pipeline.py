@@ -33,7 +33,7 @@ def _run(n: int, fakes: bool) -> dict:
     from psycopg.rows import dict_row
 
     from luna.bench.ingest import write_csv
-    from worker.leads.ingest import file_chunks, import_csv
+    from luna.lead_import import file_chunks, import_csv
 
     batch = int(os.environ.get("LUNA_BENCH_BATCH", 50 if fakes else 250))
     # Workers scale out as processes; with HTTP calls to make, one Python process is the bottleneck.

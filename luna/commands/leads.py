@@ -34,7 +34,7 @@ def ingest_csv(file: Path = typer.Argument(..., exists=True, dir_okay=False, rea
 
     from luna.db import connect
     from luna.tokens import resolve_tenant
-    from worker.leads.ingest import CsvError, import_csv
+    from luna.lead_import import CsvError, import_csv
 
     size = os.path.getsize(file)
     with connect() as conn:

@@ -3,7 +3,8 @@ each row with luna.normalize (cached per distinct value), COPY the good rows int
 private.lead_staging and merge them with ONE set-based call (private.ingest_staged). Bad rows are
 reported by their line number in the file (the header is line 1).
 
-Used by `luna ingest csv`, `POST /v1/leads/import` (in a thread) and `luna bench ingest`.
+Used by `luna ingest csv`, `POST /v1/leads/import` (in a thread) and `luna bench ingest`; it lives in the
+core because edge and the CLI share it (edge and the worker never import each other).
 """
 
 from __future__ import annotations
