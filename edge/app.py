@@ -9,18 +9,24 @@ import pkgutil
 import re
 import uuid
 from contextlib import asynccontextmanager
+from urllib.parse import unquote_to_bytes
 
 from fastapi import FastAPI
 
 from luna import __version__
 from luna.settings import get_settings
 
-from . import errors
+from . import errors, redact
 from .db import open_pool
 from .realtime import Relay
 
 log = logging.getLogger("luna.edge")
 CORRELATION_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Characters no path, query or header value may hold: NUL (Postgres text cannot store it) and the other
+# C0 controls and DEL. Query values may hold tab, LF and CR (form text); header values tab only (RFC 9110).
+PATH_BAD = re.compile(r"[\x00-\x1f\x7f]")
+QUERY_BAD = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+HEADER_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _routers():
@@ -55,6 +61,7 @@ def create_app(database_url: str | None = None) -> FastAPI:
                   description="Webhooks, uploads and realtime for LUNA. Business rules live in Postgres; "
                               "clients may equally use Supabase (PostgREST / supabase-js) directly.")
     errors.install(app)
+    redact.install()
     # Paths that accept large bodies (streamed uploads) declare it in their module: BODY_LIMITS.
     body_limits: dict[str, int] = {}
     for module in _routers():
@@ -71,7 +78,8 @@ class _BodyTooLarge(Exception):
 
 
 class RequestGuard:
-    """Pure ASGI middleware: a correlation id on every request and response, and the body size limit
+    """Pure ASGI middleware: a correlation id on every request and response, control characters (NUL …)
+    in the path, query string or a header refused with 400 invalid_input, and the body size limit
     (by Content-Length up front, or counted while a chunked body streams in)."""
 
     def __init__(self, app, body_limits: dict[str, int], default_limit: int):
@@ -80,7 +88,8 @@ class RequestGuard:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers", [])}
+        raw_headers = scope.get("headers", [])
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in raw_headers}
         incoming = headers.get("x-correlation-id", "")
         cid = incoming if CORRELATION_RE.match(incoming) else uuid.uuid4().hex
         scope.setdefault("state", {})["correlation_id"] = cid
@@ -95,6 +104,11 @@ class RequestGuard:
                 message["headers"] = list(message["headers"]) + [(b"x-correlation-id", cid.encode())]
             await send(message)
 
+        where = self._control_character(scope, raw_headers)
+        if where:
+            return await self._refuse(send_with_id, cid, 400, "invalid_input",
+                                      f"the request's {where} contains a control character (such as NUL)",
+                                      "remove NUL and other control characters; percent-encode only printable text")
         length = headers.get("content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
             return await self._too_large(scope, send_with_id, cid, limit)
@@ -115,11 +129,29 @@ class RequestGuard:
                 await self._too_large(scope, send_with_id, cid, limit)
 
     @staticmethod
+    def _control_character(scope, raw_headers) -> str | None:
+        """Where a control character is (path, query, header <name>), or None: refused for every route
+        before any handler, so no value holding one reaches the database or a log line."""
+        if PATH_BAD.search(scope.get("path", "")):
+            return "path"
+        query = scope.get("query_string", b"")
+        if query and QUERY_BAD.search(unquote_to_bytes(query) if b"%" in query else query):
+            return "query string"
+        for name, value in raw_headers:
+            if HEADER_BAD.search(value):
+                return f"header {name.decode('latin-1')[:64]}"
+        return None
+
+    @staticmethod
     async def _too_large(scope, send, cid, limit):
-        body = json.dumps({"error": {"code": "payload_too_large", "message": f"the body exceeds {limit} bytes",
-                                     "hint": "send a smaller body, or use the streamed upload endpoint",
+        await RequestGuard._refuse(send, cid, 413, "payload_too_large", f"the body exceeds {limit} bytes",
+                                   "send a smaller body, or use the streamed upload endpoint")
+
+    @staticmethod
+    async def _refuse(send, cid, status: int, code: str, message: str, hint: str):
+        body = json.dumps({"error": {"code": code, "message": message, "hint": hint,
                                      "correlation_id": cid}}).encode()
-        await send({"type": "http.response.start", "status": 413,
+        await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
 
@@ -127,4 +159,4 @@ class RequestGuard:
 def app_factory() -> FastAPI:
     """uvicorn entry point: `uvicorn edge.app:app_factory --factory`."""
     logging.basicConfig(level=get_settings().log_level, format="%(message)s")
-    return create_app()
+    return create_app()  # installs the credential filter on the loggers uvicorn has configured by now

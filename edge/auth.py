@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from functools import lru_cache
 
 import jwt
-from fastapi import Request
+from fastapi import Request, Security
+from fastapi.security import APIKeyQuery, HTTPBearer
 
 from luna.db import jwt_secret
 from luna.settings import get_settings
@@ -13,6 +16,13 @@ from luna.settings import get_settings
 from .errors import ApiError
 
 ASYMMETRIC = {"RS256", "RS384", "RS512", "ES256", "ES384", "EdDSA"}
+
+# OpenAPI declarations only (auto_error=False: they never refuse a request; `claims` below decides).
+bearer_scheme = HTTPBearer(auto_error=False, scheme_name="bearerAuth", bearerFormat="JWT",
+                           description="A Supabase Auth access token (`luna token --user EMAIL` mints one locally), "
+                                       "or the service_role key")
+access_token_query = APIKeyQuery(name="access_token", auto_error=False, scheme_name="accessTokenQuery",
+                                 description="The same token as a query parameter, for EventSource (no headers)")
 
 
 @lru_cache
@@ -64,7 +74,7 @@ def bearer(request: Request) -> str | None:
     return request.query_params.get("access_token")
 
 
-async def claims(request: Request) -> dict:
+async def claims(request: Request, _bearer=Security(bearer_scheme)) -> dict:
     """FastAPI dependency: the verified claims of the caller (401 without a valid token)."""
     token = bearer(request)
     if not token:
@@ -73,3 +83,43 @@ async def claims(request: Request) -> dict:
     verified = verify(token)
     request.state.claims = verified
     return verified
+
+
+# ------------------------------------------------------------------------------- shared secrets, signatures
+def header_bytes(request: Request, name: str) -> bytes | None:
+    """A header's value as the client sent it (Starlette decodes headers as latin-1: this undoes it)."""
+    value = request.headers.get(name)
+    return None if value is None else value.encode("latin-1")
+
+
+def secret_equal(given: str | bytes | None, expected: str | bytes | None) -> bool:
+    """Constant-time comparison of a shared secret (verify token, Telegram secret token) that never raises:
+    any characters in `given`, compared as UTF-8 bytes with the expected value."""
+    if given is None or not expected:
+        return False
+    given_b = given if isinstance(given, bytes) else given.encode("utf-8", "surrogatepass")
+    expected_b = expected if isinstance(expected, bytes) else expected.encode("utf-8")
+    return hmac.compare_digest(given_b, expected_b)
+
+
+def hmac_sha256_ok(secret: str, body: bytes, header: str | bytes | None, prefix: str = "sha256=") -> bool:
+    """An `sha256=<hex>` signature header (Meta's X-Hub-Signature-256) checked against HMAC-SHA256 of the
+    raw body: the hex is decoded first (any other characters, or a wrong length, is a mismatch), then the
+    digests are compared in constant time. Never raises."""
+    if not secret or header is None:
+        return False
+    raw = header if isinstance(header, bytes) else header.encode("latin-1", "replace")
+    if not raw.startswith(prefix.encode()):
+        return False
+    try:
+        given = bytes.fromhex(raw[len(prefix):].strip().decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        return False
+    expected = hmac.new(secret.encode(), body, hashlib.sha256).digest()
+    return len(given) == len(expected) and hmac.compare_digest(given, expected)
+
+
+def ascii_header(request: Request, name: str) -> str | None:
+    """A header that must be ASCII (a base64 or hex signature): its value, or None when it is not ASCII."""
+    value = request.headers.get(name)
+    return value if value is not None and value.isascii() else None

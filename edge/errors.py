@@ -3,7 +3,10 @@
     {"error": {"code": "<machine-readable>", "message": "...", "details": ..., "hint": ...,
                "sqlstate": "<when the database refused>", "correlation_id": "..."}}
 
-Database errors keep their SQLSTATE and message (as PostgREST does), mapped to an HTTP status.
+Database errors keep their SQLSTATE, mapped to an HTTP status. The message, detail and hint are passed on
+only when our own SQL raised them (`raise exception ... using errcode = 'PT422', detail = 'code=...'`);
+errors of Postgres itself (a bad uuid, a NUL byte, a unique violation naming the values) answer a fixed
+sentence per code, and the database's own text goes to the log with the correlation id, never to the client.
 """
 
 from __future__ import annotations
@@ -44,7 +47,6 @@ SQLSTATE_MAP = {
     "23502": (422, "not_null_violation"),
     "23514": (422, "check_violation"),
     "23P01": (409, "exclusion_violation"),
-    "22P02": (400, "invalid_text_representation"),
     "22023": (400, "invalid_parameter"),
     "P0002": (404, "not_found"),
     "40001": (503, "serialization_failure"),
@@ -53,8 +55,38 @@ SQLSTATE_MAP = {
 }
 
 
+# What a client is told when Postgres itself (not one of our functions) refused.
+PUBLIC_MESSAGES = {
+    "forbidden": "you may not do this",
+    "conflict": "this conflicts with a record that already exists",
+    "foreign_key_violation": "this refers to a record that does not exist, or is still referred to",
+    "not_null_violation": "a required value is missing",
+    "check_violation": "a value breaks a rule of the data",
+    "exclusion_violation": "this overlaps an existing record",
+    "invalid_parameter": "a parameter is not valid",
+    "invalid_input": "a value in the request is not valid input (an id that is not a UUID, a malformed number or "
+                     "date, or a character such as NUL that cannot be stored)",
+    "not_found": "no such record",
+    "serialization_failure": "the database was busy with a conflicting change; retry",
+    "deadlock_detected": "the database was busy with a conflicting change; retry",
+    "query_canceled": "the request took too long and was cancelled",
+    "database_error": "database error; quote the correlation id",
+}
+
+
+def _raised_by_us(exc: psycopg.Error) -> bool:
+    """True when a RAISE in our SQL made the error (its message, detail and hint are meant for clients)."""
+    state = exc.sqlstate or ""
+    if state.startswith("PT") or state == "P0001":
+        return True
+    diag = exc.diag
+    return bool((diag.message_detail or "").startswith("code=") or "at RAISE" in (diag.context or ""))
+
+
 def from_db_error(exc: psycopg.Error) -> tuple[int, str]:
     state = exc.sqlstate or ""
+    if not state and isinstance(exc, psycopg.DataError):
+        return 400, "invalid_input"  # refused by the driver before sending (e.g. NUL in a text value)
     if state in SQLSTATE_MAP:
         return SQLSTATE_MAP[state]
     if state.startswith("PT") and state[2:].isdigit():  # PostgREST's convention: PT<http status>
@@ -76,6 +108,14 @@ def install(app: FastAPI) -> None:
     async def db_error(request: Request, exc: psycopg.Error):
         status, code = from_db_error(exc)
         diag = exc.diag
+        cid = getattr(request.state, "correlation_id", None)
+        if not _raised_by_us(exc):
+            # Postgres' own text can name tables, constraints and the values sent: it stays in the log.
+            (log.error if status >= 500 else log.info)(
+                "database refused %s %s (%s, correlation id %s): %s", request.method, request.url.path,
+                exc.sqlstate or type(exc).__name__, cid, str(exc).strip())
+            return JSONResponse(error_body(request, code, PUBLIC_MESSAGES.get(code, PUBLIC_MESSAGES["database_error"]),
+                                           sqlstate=exc.sqlstate), status_code=status)
         # A rule function may name its own code in the detail: "code=<name>".
         detail = diag.message_detail
         if detail and detail.startswith("code="):

@@ -170,8 +170,11 @@ def api(host: Optional[str] = None, port: Optional[int] = None):
     """Run edge (the FastAPI app) with uvicorn."""
     import uvicorn
 
+    from .up import warn_missing_secrets
+
     settings = get_settings()
     _url()
+    warn_missing_secrets()
     uvicorn.run("edge.app:app_factory", factory=True, host=host or settings.api_host,
                 port=port or settings.api_port, log_level="info")
 

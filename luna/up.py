@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 
 from rich.console import Console
 
@@ -13,6 +14,22 @@ from .settings import get_settings
 
 console = Console()
 DEMO_USERS = ["owner", "admin", "supervisor", "agent", "viewer"]
+# Server-side secrets the edge needs for some endpoints: without one, that endpoint refuses its callers.
+OPTIONAL_SECRETS = {
+    "LUNA_META_APP_SECRET": "Meta Lead Ads webhooks (POST /v1/leads/webhooks/meta) answer 503 not_configured",
+    "LUNA_META_VERIFY_TOKEN": "Meta's Lead Ads subscription handshake (GET /v1/leads/webhooks/meta) is refused (403)",
+}
+
+
+def missing_secrets() -> list[tuple[str, str]]:
+    """(variable, what does not work without it) for each unset optional server-side secret."""
+    return [(name, effect) for name, effect in OPTIONAL_SECRETS.items() if not os.environ.get(name)]
+
+
+def warn_missing_secrets() -> None:
+    """One warning line per unset optional secret, printed by `luna up` and `luna api` at start-up."""
+    for name, effect in missing_secrets():
+        console.print(f"[yellow]warning:[/] {name} is not set: {effect}", soft_wrap=True)
 
 
 def run_up(host: str | None = None, port: int | None = None, with_worker: bool = True) -> None:
@@ -34,6 +51,7 @@ def run_up(host: str | None = None, port: int | None = None, with_worker: bool =
         with console.status("seeding the demo tenants"):
             migrate.seed(url)
     _banner(url, host, port)
+    warn_missing_secrets()
     asyncio.run(_serve(url, host, port, with_worker))
 
 

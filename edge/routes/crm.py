@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+from typing import Literal
 
 import psycopg
 from fastapi import APIRouter, Depends, Query, Request
@@ -24,6 +25,7 @@ from psycopg.types.json import Jsonb
 
 from luna.normalize import fold_header
 
+from .. import openapi as oa
 from ..db import as_user
 from ..errors import ApiError
 
@@ -95,8 +97,11 @@ def parse(text: str, mapping: str | None, region: str) -> tuple[list[dict], int]
     return rows, reader.line_num
 
 
-@router.post("/customers/import")
-async def import_customers(request: Request, mapping: str | None = Query(None), on_duplicate: str = Query("skip"),
+@router.post("/customers/import", openapi_extra=oa.op(body=oa.raw_body("text/csv", oa.CSV)))
+async def import_customers(request: Request,
+                           mapping: str | None = Query(None, description='JSON object {"CSV column": "field"}',
+                                                       json_schema_extra={"example": '{"Ad Soyad": "full_name"}'}),
+                           on_duplicate: Literal["skip", "update"] = Query("skip"),
                            conn: psycopg.AsyncConnection = Depends(as_user)):
     if on_duplicate not in ("skip", "update"):
         raise ApiError(400, "invalid_parameter", "on_duplicate is skip or update")
@@ -121,7 +126,8 @@ async def import_customers(request: Request, mapping: str | None = Query(None), 
     return total
 
 
-@router.get("/customers/export")
+@router.get("/customers/export", response_class=Response,
+            responses=oa.csv_response("the customers as CSV (UTF-8 with BOM, for Excel)"))
 async def export_customers(mask: bool = Query(False), source: str | None = None, campaign: str | None = None,
                            tag: str | None = None, conn: psycopg.AsyncConnection = Depends(as_user)):
     filters = {k: v for k, v in {"source": source, "campaign": campaign, "tag": tag}.items() if v}

@@ -9,19 +9,23 @@ The worker (worker/inbox) turns events into contacts, conversations and messages
 from __future__ import annotations
 
 import hashlib
-import hmac
 import json
 import time
+from datetime import datetime
 from typing import Any
+from uuid import UUID
 
 import psycopg
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
 
 from luna import secrets
 
+from .. import openapi as oa
+from ..auth import ascii_header, header_bytes, hmac_sha256_ok, secret_equal
 from ..db import as_service, as_user
 from ..errors import ApiError
 
@@ -51,32 +55,33 @@ async def _meta_app(request: Request, app_id: str) -> tuple[str, str] | None:
     return app_secret, verify_token
 
 
-def signature_ok(app_secret: str, body: bytes, header: str | None) -> bool:
-    if not header or not header.startswith("sha256="):
-        return False
-    expected = hmac.new(app_secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header[7:].strip().lower())
+def signature_ok(app_secret: str, body: bytes, header: str | bytes | None) -> bool:
+    return hmac_sha256_ok(app_secret, body, header)  # hex decoded first; never raises on odd characters
 
 
-@router.get("/v1/webhooks/meta/{app_id}", response_class=PlainTextResponse)
+@router.get("/v1/webhooks/meta/{app_id}", response_class=PlainTextResponse,
+            openapi_extra=oa.op(params=oa.HUB_QUERY, security=oa.NO_SECURITY))
 async def meta_verify(app_id: str, request: Request):
     """Meta's subscription handshake: echo hub.challenge when hub.verify_token matches."""
     params = request.query_params
     app = await _meta_app(request, app_id)
     token = params.get("hub.verify_token", "")
     if (app is None or params.get("hub.mode") != "subscribe"
-            or not hmac.compare_digest(token.encode(), app[1].encode())):
+            or not secret_equal(token, app[1])):
         raise ApiError(403, "verification_failed", "hub.mode or hub.verify_token does not match this app")
     return PlainTextResponse(params.get("hub.challenge", ""))
 
 
-@router.post("/v1/webhooks/meta/{app_id}")
+@router.post("/v1/webhooks/meta/{app_id}", openapi_extra=oa.op(
+    body=oa.raw_body("application/json", oa.JSON_OBJECT, description="the webhook as Meta sends it (the "
+                     "signature covers these exact bytes)"),
+    params=[oa.HUB_SIGNATURE], security=oa.NO_SECURITY))
 async def meta_event(app_id: str, request: Request):
     """A webhook delivery from Meta (WhatsApp, Instagram or Messenger)."""
     body = await request.body()
     app = await _meta_app(request, app_id)
     # The signature first: nothing about an unsigned body is trusted or stored.
-    if app is None or not signature_ok(app[0], body, request.headers.get("x-hub-signature-256")):
+    if app is None or not signature_ok(app[0], body, header_bytes(request, "x-hub-signature-256")):
         raise ApiError(401, "bad_signature", "X-Hub-Signature-256 does not match the body",
                        hint="sign the raw body with HMAC-SHA256 and the app secret")
     event_id = "sha256:" + hashlib.sha256(body).hexdigest()
@@ -159,7 +164,9 @@ async def webchat_message(widget_key: str, message: WebChatMessage, request: Req
 
 
 @router.get("/v1/webchat/{widget_key}/messages")
-async def webchat_history(widget_key: str, session_id: str, request: Request, since: str | None = None):
+async def webchat_history(widget_key: str, request: Request,
+                          session_id: str = Query(min_length=8, max_length=128, description="the visitor's id"),
+                          since: datetime | None = Query(None, description="only messages after this time")):
     """The visitor's conversation (their messages and our replies, never internal notes), for the widget
     to poll. The session id is the visitor's secret: the widget makes it random (a UUID) and keeps it."""
     _refuse_nul(widget_key, session_id, since)
@@ -186,7 +193,7 @@ class SendRequest(BaseModel):
 
 
 @router.post("/v1/inbox/conversations/{conversation_id}/messages", status_code=202)
-async def send(conversation_id: str, req: SendRequest, conn: psycopg.AsyncConnection = Depends(as_user)):
+async def send(conversation_id: UUID, req: SendRequest, conn: psycopg.AsyncConnection = Depends(as_user)):
     """Queue a message (public.send_message): 422 outside_24h_window when WhatsApp needs a template."""
     row = await (await conn.execute(
         "select id, status, type from public.send_message(%s, %s, %s, %s, %s)",
@@ -210,15 +217,24 @@ TWILIO_STATUS = {"queued": "queued", "accepted": "queued", "sending": "queued", 
                  "delivered": "delivered", "read": "read", "undelivered": "failed", "failed": "failed"}
 
 
-@router.post("/v1/webhooks/twilio/{channel_id}")
-async def twilio_event(channel_id: str, request: Request):
+TWILIO_FORM = {"type": "object", "additionalProperties": {"type": "string"}, "properties": {
+    "MessageSid": {"type": "string"}, "From": {"type": "string"}, "To": {"type": "string"}, "Body": {"type": "string"},
+    "NumMedia": {"type": "string", "pattern": "^[0-9]{1,2}$"}, "MessageStatus": {"type": "string"},
+    "ErrorCode": {"type": "string"}, "ErrorMessage": {"type": "string"}}}
+
+
+@router.post("/v1/webhooks/twilio/{channel_id}", openapi_extra=oa.op(
+    body=oa.raw_body("application/x-www-form-urlencoded", TWILIO_FORM, description="Twilio's callback parameters"),
+    params=[oa.header("X-Twilio-Signature", "base64 HMAC-SHA1 of the URL and the sorted parameters", required=True)],
+    security=oa.NO_SECURITY))
+async def twilio_event(channel_id: UUID, request: Request):
     """Twilio inbound SMS and status callbacks (form-encoded, X-Twilio-Signature checked first)."""
     from worker.adapters.twilio import signature_ok as twilio_signature_ok
 
     ch, creds = await _channel_secret(request, channel_id, "sms_twilio")
     params = {k: str(v) for k, v in (await request.form()).items()}
     url = (ch["settings"] or {}).get("webhook_url") or str(request.url)
-    if not twilio_signature_ok(creds.get("auth_token", ""), url, params, request.headers.get("x-twilio-signature")):
+    if not twilio_signature_ok(creds.get("auth_token", ""), url, params, ascii_header(request, "x-twilio-signature")):
         raise ApiError(401, "bad_signature", "X-Twilio-Signature does not match")
     sid = params.get("MessageSid") or params.get("SmsSid") or ""
     if "Body" in params:
@@ -237,12 +253,14 @@ async def twilio_event(channel_id: str, request: Request):
     return Response(b"<Response/>" if row else b"", media_type="application/xml")
 
 
-@router.post("/v1/webhooks/telegram/{channel_id}")
-async def telegram_event(channel_id: str, request: Request):
+@router.post("/v1/webhooks/telegram/{channel_id}", openapi_extra=oa.op(
+    body=oa.raw_body("application/json", oa.JSON_OBJECT, description="a Telegram Update"),
+    params=[oa.header("X-Telegram-Bot-Api-Secret-Token", "the secret_token given to setWebhook", required=True)],
+    security=oa.NO_SECURITY))
+async def telegram_event(channel_id: UUID, request: Request):
     """Telegram bot updates (setWebhook with secret_token; the header is checked first)."""
     _, creds = await _channel_secret(request, channel_id, "telegram")
-    given = request.headers.get("x-telegram-bot-api-secret-token", "")
-    if not creds.get("webhook_secret") or not hmac.compare_digest(given.encode(), creds["webhook_secret"].encode()):
+    if not secret_equal(header_bytes(request, "x-telegram-bot-api-secret-token"), creds.get("webhook_secret")):
         raise ApiError(401, "bad_signature", "X-Telegram-Bot-Api-Secret-Token does not match")
     try:
         update = json.loads(await request.body())
@@ -264,7 +282,7 @@ class CredentialsRequest(BaseModel):
 
 
 @router.put("/v1/inbox/channels/{channel_id}/credentials", status_code=204)
-async def set_credentials(channel_id: str, req: CredentialsRequest, request: Request,
+async def set_credentials(channel_id: UUID, req: CredentialsRequest, request: Request,
                           conn: psycopg.AsyncConnection = Depends(as_user)):
     """Store a channel's credentials encrypted (owners and admins). They are never returned by any API."""
     row = await (await conn.execute(
@@ -285,7 +303,7 @@ async def set_credentials(channel_id: str, req: CredentialsRequest, request: Req
 
 
 @router.get("/v1/inbox/messages/{message_id}/media/{index}")
-async def message_media(message_id: str, index: int, request: Request,
+async def message_media(message_id: UUID, request: Request, index: int = PathParam(ge=0),
                         conn: psycopg.AsyncConnection = Depends(as_user)):
     """Stream an inbound WhatsApp attachment to an agent who may see the message (RLS decides), fetched
     from the Cloud API with the channel's token (the token never leaves the server)."""

@@ -13,17 +13,16 @@ Meta settings come from the environment: LUNA_META_APP_SECRET and LUNA_META_VERI
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import json
 import os
 import tempfile
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Security
 from fastapi.responses import JSONResponse, PlainTextResponse
 from psycopg.types.json import Jsonb
 
 from .. import auth
+from .. import openapi as oa
 from ..db import as_service, pool_of, request_headers, transaction
 from ..errors import ApiError
 
@@ -58,7 +57,17 @@ async def _caller_tenant(request: Request, write: bool = True) -> tuple[str, dic
     return str(row["tenant"]), claims
 
 
-@router.post("/v1/leads", status_code=201)
+LEAD_BODY = {"type": "object", "additionalProperties": True, "properties": {
+    "company_name": {"type": "string"}, "contact_name": {"type": "string"}, "email": {"type": "string"},
+    "phone": {"type": "string"}, "website": {"type": "string"}, "city": {"type": "string"},
+    "country": {"type": "string"}, "external_id": {"type": "string"}, "source": {"type": "string", "maxLength": 40},
+    "utm_source": {"type": "string"}, "utm_medium": {"type": "string"}, "utm_campaign": {"type": "string"},
+    "utm_term": {"type": "string"}, "utm_content": {"type": "string"}},
+    "description": "a company name, or a valid e-mail, phone or website; other keys are kept in raw"}
+
+
+@router.post("/v1/leads", status_code=201, dependencies=[Security(oa.form_key_scheme), Security(auth.bearer_scheme)],
+             openapi_extra=oa.op(body=oa.raw_body("application/json", LEAD_BODY)))
 async def create_lead(request: Request):
     """One lead from a landing-page form or an app. Returns {lead_id, action: inserted|merged, warnings}."""
     try:
@@ -89,7 +98,10 @@ async def create_lead(request: Request):
                         status_code=201 if row["action"] == "inserted" else 200)
 
 
-@router.post("/v1/leads/import")
+@router.post("/v1/leads/import", dependencies=[Security(auth.bearer_scheme)], openapi_extra=oa.op(
+    body=oa.raw_body("text/csv", oa.CSV, also={"application/octet-stream": {"type": "string", "format": "binary"}}),
+    params=[oa.query("tenant", "tenant id or slug (a service_role key must name it)"),
+            oa.query("source", "the source recorded on the leads (default csv)", schema={"type": "string", "maxLength": 40})]))
 async def import_leads(request: Request):
     """A CSV file as the raw body (text/csv), streamed to disk, parsed and normalised off the event
     loop, COPYed into staging and merged in one set-based upsert. Returns rows, inserted, merged,
@@ -135,32 +147,31 @@ def _meta_secret() -> str | None:
     return os.environ.get("LUNA_META_APP_SECRET")
 
 
-def signature_ok(secret: str, body: bytes, header: str | None) -> bool:
-    if not header or not header.startswith("sha256="):
-        return False
-    expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, header.removeprefix("sha256="))
+def signature_ok(secret: str, body: bytes, header: str | bytes | None) -> bool:
+    return auth.hmac_sha256_ok(secret, body, header)  # hex decoded first; never raises on odd characters
 
 
-@router.get("/v1/leads/webhooks/meta", response_class=PlainTextResponse)
+@router.get("/v1/leads/webhooks/meta", response_class=PlainTextResponse,
+            openapi_extra=oa.op(params=oa.HUB_QUERY, security=oa.NO_SECURITY))
 async def meta_verify(request: Request):
     params = request.query_params
     expected = os.environ.get("LUNA_META_VERIFY_TOKEN")
-    if params.get("hub.mode") != "subscribe" or not expected or not hmac.compare_digest(
-            params.get("hub.verify_token", ""), expected):
+    if params.get("hub.mode") != "subscribe" or not auth.secret_equal(params.get("hub.verify_token"), expected):
         raise ApiError(403, "verification_failed", "hub.mode or hub.verify_token does not match")
     return PlainTextResponse(params.get("hub.challenge", ""))
 
 
-@router.post("/v1/leads/webhooks/meta")
+@router.post("/v1/leads/webhooks/meta", openapi_extra=oa.op(
+    body=oa.raw_body("application/json", oa.JSON_OBJECT, description="Meta's leadgen webhook (the signature covers "
+                     "these exact bytes)"), params=[oa.HUB_SIGNATURE], security=oa.NO_SECURITY))
 async def meta_leadgen(request: Request):
     """Store each leadgen change raw (idempotent by leadgen_id) and queue the Graph fetch."""
     body = await request.body()
     secret = _meta_secret()
     if not secret:
         raise ApiError(503, "not_configured", "LUNA_META_APP_SECRET is not set; Meta webhooks are refused")
-    if not signature_ok(secret, body, request.headers.get("x-hub-signature-256")):
-        raise ApiError(401, "invalid_signature", "X-Hub-Signature-256 does not match the body",
+    if not signature_ok(secret, body, auth.header_bytes(request, "x-hub-signature-256")):
+        raise ApiError(401, "bad_signature", "X-Hub-Signature-256 does not match the body",
                        hint="sign the raw body with HMAC-SHA256 and the app secret")
     try:
         event = json.loads(body)
