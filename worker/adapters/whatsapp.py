@@ -105,6 +105,11 @@ class WhatsAppAdapter(GraphAdapter):
         elif kind == "media" and request.get("media"):
             media = dict(request["media"])
             media_kind = media.pop("kind", "image")
+            # what send_message checked against the channel limits, not part of the Cloud API's media object
+            media.pop("mime_type", None)
+            media.pop("size", None)
+            if media_kind != "document":
+                media.pop("filename", None)
             if request.get("body") and media_kind in ("image", "video", "document"):
                 media.setdefault("caption", request["body"])
             body["type"] = media_kind
