@@ -28,6 +28,7 @@ from .. import openapi as oa
 from ..auth import ascii_header, header_bytes, hmac_sha256_ok, secret_equal
 from ..db import as_service, as_user
 from ..errors import ApiError
+from ..webhook_urls import signed_url, url_variants
 
 router = APIRouter(tags=["inbox"])
 
@@ -233,9 +234,13 @@ async def twilio_event(channel_id: UUID, request: Request):
 
     ch, creds = await _channel_secret(request, channel_id, "sms_twilio")
     params = {k: str(v) for k, v in (await request.form()).items()}
-    url = (ch["settings"] or {}).get("webhook_url") or str(request.url)
-    if not twilio_signature_ok(creds.get("auth_token", ""), url, params, ascii_header(request, "x-twilio-signature")):
-        raise ApiError(401, "bad_signature", "X-Twilio-Signature does not match")
+    # The URL Twilio signed (public URL behind a proxy, query string included): edge/webhook_urls.py.
+    header = ascii_header(request, "x-twilio-signature")
+    url = signed_url(request, (ch["settings"] or {}).get("webhook_url"))
+    if not any(twilio_signature_ok(creds.get("auth_token", ""), u, params, header) for u in url_variants(url)):
+        raise ApiError(401, "bad_signature", "X-Twilio-Signature does not match",
+                       hint="behind a proxy set LUNA_PUBLIC_URL (or the channel's settings.webhook_url) to the URL "
+                            "Twilio calls; the signature covers it with its query string")
     sid = params.get("MessageSid") or params.get("SmsSid") or ""
     if "Body" in params:
         payload = {"from": params.get("From"), "phone": params.get("From"), "message_id": sid, "body": params["Body"],

@@ -8,6 +8,7 @@ import asyncio
 import datetime as dt
 import json
 import logging
+import os
 import smtplib
 import socket
 import time
@@ -372,9 +373,13 @@ async def send_twilio(ctx, row: dict):
     if not creds.get("account_sid") or not creds.get("auth_token"):
         raise Permanent("code=no_credentials: the Twilio channel needs account_sid and auth_token")
     adapter = _adapter(ctx, TwilioAdapter, ch)
+    # Status callbacks come back to this channel's webhook at the public URL (edge/webhook_urls.py).
+    public = (os.environ.get("LUNA_PUBLIC_URL") or "").strip().rstrip("/")
+    callback = (ch["settings"] or {}).get("status_callback") or (
+        f"{public}/v1/webhooks/twilio/{row['channel_account_id']}" if public else None)
     return await send_once(ctx, row, lambda: adapter.send(
         creds["account_sid"], creds["auth_token"], ch["external_id"], row["recipient"], row["request"].get("body") or "",
-        (ch["settings"] or {}).get("status_callback")))
+        callback))
 
 
 @OUTBOUND.handler("sms_netgsm")
