@@ -70,7 +70,33 @@ def create_app(database_url: str | None = None) -> FastAPI:
             body_limits[path] = settings.max_upload_bytes if kind == "upload" else int(kind)
 
     app.add_middleware(RequestGuard, body_limits=body_limits, default_limit=settings.max_body_bytes)
+    _declare_control_characters(app)
     return app
+
+
+# What RequestGuard refuses, said in the document: no string parameter may hold a control character.
+PARAM_PATTERNS = {"path": r"^[^\u0000-\u001f\u007f]*$", "query": r"^[^\u0000-\u0008\u000b\u000c\u000e-\u001f\u007f]*$",
+                  "header": r"^[^\u0000-\u0008\u000a-\u001f\u007f]*$"}
+
+
+def _declare_control_characters(app: FastAPI) -> None:
+    generate = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            doc = generate()
+            for item in doc.get("paths", {}).values():
+                for op in item.values():
+                    for param in op.get("parameters", []) if isinstance(op, dict) else []:
+                        schema = param.get("schema") or {}
+                        for alt in schema.get("anyOf", [schema]):
+                            if alt.get("type") == "string" and "pattern" not in alt and "format" not in alt \
+                                    and "enum" not in alt and param.get("in") in PARAM_PATTERNS:
+                                alt["pattern"] = PARAM_PATTERNS[param["in"]]
+            app.openapi_schema = doc
+        return app.openapi_schema
+
+    app.openapi = openapi
 
 
 class _BodyTooLarge(Exception):
