@@ -18,6 +18,7 @@ DEMO_USERS = ["owner", "admin", "supervisor", "agent", "viewer"]
 OPTIONAL_SECRETS = {
     "LUNA_META_APP_SECRET": "Meta Lead Ads webhooks (POST /v1/leads/webhooks/meta) answer 503 not_configured",
     "LUNA_META_VERIFY_TOKEN": "Meta's Lead Ads subscription handshake (GET /v1/leads/webhooks/meta) is refused (403)",
+    "LUNA_AUDIT_ANCHOR_KEY": "the worker's audit.anchor job and `luna audit anchor` cannot sign anchors",
 }
 
 
