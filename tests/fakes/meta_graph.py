@@ -25,8 +25,13 @@ def make_app(leads: dict | None = None):
         if (failed := await modes.failure()) is not None:
             return failed
         if leadgen_id not in data:
-            return JSONResponse({"error": {"message": "Unsupported get request.", "type": "GraphMethodException",
-                                           "code": 100}}, status_code=400)
+            # What the Graph API answers for a lead deleted (or never visible) before it was fetched.
+            return JSONResponse({"error": {
+                "message": f"Unsupported get request. Object with ID '{leadgen_id}' does not exist, cannot be loaded "
+                           "due to missing permissions, or does not support this operation. Please read the Graph "
+                           "API documentation at https://developers.facebook.com/docs/graph-api",
+                "type": "GraphMethodException", "code": 100, "error_subcode": 33,
+                "fbtrace_id": "AbCdEfGhIjKlMnOp"}}, status_code=400)
         return {"id": leadgen_id, "created_time": "2026-11-24T10:00:00+0000", "form_id": "9000", "ad_id": "7000",
                 "campaign_id": "6000", "field_data": [{"name": n, "values": v} for n, v in data[leadgen_id]]}
 

@@ -51,8 +51,9 @@ async def process_inbound(ctx, row: dict):
     async with ctx.pool.connection() as conn:
         try:
             cur = await conn.execute("select private.process_inbound_event(%s) as result", (row["id"],))
-        except (psycopg.errors.InvalidParameterValue, psycopg.errors.DataException) as exc:
-            # The event itself is wrong (unknown object, bad field): retrying will not help.
+        except psycopg.DataError as exc:
+            # The event itself is wrong (SQLSTATE class 22: unknown object, a bad date or number): retrying
+            # will not help; it fails at once and shows in dead_letter_inbound_events.
             raise Permanent(f"{type(exc).__name__}: {exc}") from exc
         return (await cur.fetchone())["result"]
 

@@ -37,6 +37,37 @@ async def _meta_source(conn, tenant: str, page_id: str) -> dict:
 
 @job("leads.meta_fetch")
 async def meta_fetch(ctx, row: dict):
+    try:
+        return await _meta_fetch(ctx, row)
+    except JobError as exc:
+        raise await _meta_fetch_failed(ctx, row, exc) from exc
+
+
+async def _meta_fetch_failed(ctx, row: dict, exc: JobError) -> JobError:
+    """A failed fetch is visible (issue 10, item 12): the Graph API's reason ("code=graph_100_33: ... does
+    not exist" for a lead deleted before it was fetched) goes into the job's error and the webhook record;
+    the last attempt marks the record 'failed' (a processing_logs row and the dead_letter_* views follow)."""
+    graph = (exc.body or {}).get("error") if isinstance(getattr(exc, "body", None), dict) else None
+    if isinstance(graph, dict) and graph.get("code") is not None:
+        code = f"graph_{graph['code']}" + (f"_{graph['error_subcode']}" if graph.get("error_subcode") else "")
+        reason = f"code={code}: {graph.get('message') or graph.get('type') or 'Graph API error'}"
+    else:
+        text = str(exc)
+        reason = text if text.startswith("code=") else f"code={exc.code or 'error'}: {text}"
+    terminal = not exc.retryable or int(row.get("attempts") or 0) >= int(row.get("max_attempts") or 1)
+    webhook_id = (row.get("payload") or {}).get("webhook_id")
+    if webhook_id is not None:
+        try:
+            async with ctx.pool.connection() as conn:
+                await conn.execute("update private.lead_webhooks set status = case when %s then 'failed' else status end, "
+                                   "error = %s where id = %s and status = 'received'",
+                                   (terminal, reason[:4000], webhook_id))
+        except Exception as db_exc:  # the job's own failure still records the reason
+            log.warning("meta_fetch: marking webhook %s failed did not work: %s", webhook_id, db_exc)
+    return JobError(reason, retryable=exc.retryable, code=exc.code, retry_after=exc.retry_after)
+
+
+async def _meta_fetch(ctx, row: dict):
     p = row["payload"]
     tenant = str(row["tenant_id"])
     async with ctx.pool.connection() as conn:
