@@ -14,7 +14,7 @@
  * sees every tenant; a signed-in user their active tenant's rows, if they see everything there
  * (not an agent limited to assigned records) and may read the queue's module (leads / inbox; a job by
  * its kind's area). Each failure also wrote a processing_logs row (action 'dead_letter') and, for jobs,
- * inbound events and lead webhooks, a notification to owners and admins
+ * and inbound events, a notification to owners and admins (a lead webhook fails through its job)
  * (migrations/20261203100300_dead_letters.sql).
  */
 create or replace function public.dead_letters()
