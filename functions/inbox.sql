@@ -1279,15 +1279,18 @@ grant execute on function public.set_conversation_status(uuid, text, timestamptz
 
 -- A timeline entry for a conversation of the caller's tenant (service code: any tenant).
 create or replace function private.inbox_timeline(tenant uuid, conv uuid, event text, data jsonb) returns void
-language sql
+language plpgsql
 security definer
 set search_path = ''
 as $$
+begin
+  -- A signed-in caller writes only its own tenant's timeline (42501 otherwise, not a silent no-op).
+  perform private.assert_caller_tenant(tenant);
   insert into public.conversation_events (tenant_id, conversation_id, event, actor_id, data)
   select c.tenant_id, c.id, event, (select auth.uid()), data
   from public.conversations c
-  where c.id = conv and c.tenant_id = tenant
-    and (coalesce(current_setting('role', true), 'none') in ('service_role', 'none') or c.tenant_id = (select private.tenant_id()))
+  where c.id = conv and c.tenant_id = tenant;
+end;
 $$;
 grant execute on function private.inbox_timeline(uuid, uuid, text, jsonb) to authenticated, service_role;
 

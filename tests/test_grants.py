@@ -101,9 +101,8 @@ def test_inbox_timeline_writes_nothing_in_another_tenant(conn):
     assert conn.execute("select count(*) as n from conversation_events where conversation_id = %s", (conv,)).fetchone()["n"] == before
 
 
-@pytest.mark.xfail(strict=True, reason="functions/inbox.sql (another owner) skips a foreign tenant silently; "
-                                       "it should call private.assert_caller_tenant(tenant)")
 def test_inbox_timeline_refuses_another_tenant(conn):
+    conv = other_conversation(conn)
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         with as_user(conn, VIEWER) as cur:
-            cur.execute("select private.inbox_timeline(%s, %s, 'status', '{}')", (DEMO2, other_conversation(conn)))
+            cur.execute("select private.inbox_timeline(%s, %s, 'status', '{}')", (DEMO2, conv))
