@@ -201,6 +201,9 @@ drop function if exists public.crm_board(uuid, jsonb, int);
  * the cards table or customer_viewer. Returns json (not jsonb: built 2x faster). Filters (all optional):
  *   {"responsible": uuid, "source": text, "campaign": text, "quality_min": int, "tag": text, "status": "open"}
  * Security definer for speed, with RLS's rule applied explicitly (tenant, crm read, assignee restriction).
+ * Bounded (issue 10, item 8): per_stage cards per stage (default 500, at most 500); a stage with more has
+ * "next_cursor" (else null). Paging keys in filters: {"stage": uuid, "cursor": text} return that stage
+ * only, with its cards after the cursor (order: position, created_at, id); public.crm_board_page wraps it.
  */
 create or replace function public.crm_board(pipeline uuid, filters jsonb default '{}', per_stage int default 500)
 returns json
@@ -220,9 +223,35 @@ declare
   f_quality int := nullif(f ->> 'quality_min', '')::int;
   f_tag text := lower(nullif(f ->> 'tag', ''));
   f_status text := nullif(f ->> 'status', '');
+  f_stage uuid;
+  f_cursor text := nullif(f ->> 'cursor', '');
+  n int := least(greatest(coalesce(per_stage, 500), 1), 500);
+  k jsonb;
   p public.pipelines;
   result json;
 begin
+  begin
+    f_stage := nullif(f ->> 'stage', '')::uuid;
+  exception when others then
+    raise exception 'filters.stage is not a stage id' using errcode = 'PT422', detail = 'code=invalid_filter';
+  end;
+  begin
+    if f_cursor is not null then
+      k := convert_from(decode(rpad(translate(f_cursor, '-_', '+/'), (length(f_cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+      if k ->> 'l' is distinct from 'board' or k ->> 'c' is distinct from f_stage::text or jsonb_typeof(k -> 'k') <> 'array'
+         or jsonb_array_length(k -> 'k') <> 3 then
+        k := null;
+      else
+        k := k -> 'k';  -- [position as text (exact), created_at, id]; the casts below check them
+        perform (k ->> 0)::double precision, (k ->> 1)::timestamptz, (k ->> 2)::uuid;
+      end if;
+    end if;
+  exception when others then
+    k := null;
+  end;
+  if f_cursor is not null and k is null then
+    raise exception 'not a cursor of this stage' using errcode = 'PT422', detail = 'code=invalid_cursor';
+  end if;
   if not private.can('crm', 'read') then
     raise exception 'no permission to read the CRM' using errcode = '42501';
   end if;
@@ -236,8 +265,7 @@ begin
     select cd.id, cd.stage_id, cd.position, cd.title, cd.status, cd.value, cd.deposit_amount, cd.responsibles,
            cd.stage_entered_at, cd.appointment_at, cd.inventory_item_id, cd.customer_id, cd.created_at,
            cu.full_name, cu.phone, cu.source, cu.campaign, cu.quality_score, cu.tags, cu.last_contact_at,
-           cu.unread_messages,
-           row_number() over (partition by cd.stage_id order by cd.position, cd.created_at, cd.id) as rn
+           cu.unread_messages
     from public.cards cd
     join public.customers cu on cu.id = cd.customer_id
     where cd.pipeline_id = pipeline and cd.tenant_id = tenant
@@ -248,13 +276,25 @@ begin
       and (f_quality is null or cu.quality_score >= f_quality)
       and (f_tag is null or f_tag = any(cu.tags))
       and (f_status is null or cd.status = f_status)
+      and (f_stage is null or cd.stage_id = f_stage)
+  ), paged as (
+    select c.*, row_number() over (partition by c.stage_id order by c.position, c.created_at, c.id) as rn
+    from cards c
+    where k is null or (c.position, c.created_at, c.id)
+                       > ((k ->> 0)::double precision, (k ->> 1)::timestamptz, (k ->> 2)::uuid)
+  ), more as (
+    select q.stage_id,
+           rtrim(translate(encode(convert_to(json_build_object('l', 'board', 'c', q.stage_id,
+             'k', json_build_array(q.position::text, q.created_at, q.id))::text, 'UTF8'), 'base64'), E'+/\n', '-_'), '=') as next_cursor
+    from paged q
+    where q.rn = n and exists (select 1 from paged r where r.stage_id = q.stage_id and r.rn = n + 1)
   ), shown as (
     select c.*,
       (select min(r.due_at) from public.reminders r
         where r.customer_id = c.customer_id and r.done_at is null) as next_reminder_at,
       (select min(a.scheduled_at) from public.activities a
         where a.customer_id = c.customer_id and a.status = 'open' and a.scheduled_at >= now()) as next_appointment_at
-    from cards c where c.rn <= per_stage
+    from paged c where c.rn <= n
   ), per_stage_cards as (
     select s.stage_id,
            json_agg(json_build_object(
@@ -275,17 +315,37 @@ begin
     'stages', coalesce(json_agg(json_build_object(
       'id', st.id, 'name', st.name, 'position', st.position, 'kind', st.kind, 'color', st.color,
       'required_fields', st.required_fields, 'count', coalesce(cn.n, 0), 'total_value', coalesce(cn.total, 0),
-      'cards', coalesce(pc.cards, '[]'::json)) order by st.position), '[]'::json))
+      'cards', coalesce(pc.cards, '[]'::json), 'next_cursor', mo.next_cursor) order by st.position), '[]'::json))
   into result
   from public.pipeline_stages st
   left join counts cn on cn.stage_id = st.id
   left join per_stage_cards pc on pc.stage_id = st.id
-  where st.pipeline_id = pipeline;
+  left join more mo on mo.stage_id = st.id
+  where st.pipeline_id = pipeline and (f_stage is null or st.id = f_stage);
   return result;
 end;
 $$;
 revoke execute on function public.crm_board(uuid, jsonb, int) from public, anon;
 grant execute on function public.crm_board(uuid, jsonb, int) to authenticated, service_role;
+
+/*
+ * One stage of the board, one page at a time: {id, name, ..., count, total_value, cards, next_cursor}.
+ * Start with cursor null (or the stage's next_cursor from crm_board) and pass each next_cursor back
+ * until it is null; "limit" cards per page (default 100, at most 500). Same filters as crm_board.
+ */
+create or replace function public.crm_board_page(pipeline uuid, stage uuid, cursor text default null,
+                                                 filters jsonb default '{}', "limit" int default 100)
+returns json
+language sql stable
+set search_path = ''
+as $$
+  select s
+  from json_array_elements(public.crm_board(pipeline,
+         coalesce(filters, '{}') || jsonb_build_object('stage', stage, 'cursor', cursor), "limit") -> 'stages') s
+  where s ->> 'id' = stage::text;
+$$;
+revoke execute on function public.crm_board_page(uuid, uuid, text, jsonb, int) from public, anon;
+grant execute on function public.crm_board_page(uuid, uuid, text, jsonb, int) to authenticated, service_role;
 
 /*
  * Move a card to a stage. The card's triggers check the rule (allowed move, role, required fields such
@@ -423,6 +483,155 @@ end;
 $$;
 grant execute on function private.crm_customer_messages(uuid, int) to authenticated, service_role;
 
+/*
+ * Pagination (issue 10, item 8). Every list the customer screen shows is bounded: a page of at most
+ * 200 rows (default 50), and a keyset cursor for the next page -- never OFFSET. A cursor is opaque text
+ * (base64url of {"l": list, "c": channel, "k": [sort keys of the last row shown]}); the next page is the
+ * rows strictly after that row in the list's order, so rows added or removed meanwhile never shift it.
+ *   public.customer_page(customer, list, cursor, "limit", channel)
+ *     -> {"list": ..., "channel": ..., "items": [...], "next_cursor": text | null}
+ * Lists and orders (the same as customer_viewer's):
+ *   notes         pinned desc, created_at desc, id desc
+ *   timeline      occurred_at desc, id desc
+ *   cards         created_at, id
+ *   activities    created_at desc, id desc
+ *   appointments  scheduled_at, id (unscheduled last)
+ *   reminders     due_at, id
+ *   inventory     created_at, id
+ *   work_orders   created_at desc, id desc (steps: the first 100 by position)
+ *   merges        created_at desc, id desc
+ *   messages      created_at desc, id desc; channel required (public.customer_messages in functions/inbox.sql)
+ * Security invoker: RLS decides which rows the caller sees. A cursor of another list, or not a cursor,
+ * is refused (PT422 invalid_cursor); an unknown list PT422 unknown_list.
+ */
+create or replace function public.customer_page(customer uuid, list text, cursor text default null,
+                                                "limit" int default 50, channel text default null)
+returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  n int := least(greatest(coalesce("limit", 50), 1), 200);
+  k jsonb;          -- the cursor's sort keys, or null for the first page
+  rows jsonb;       -- up to n + 1 items, each with its sort keys under '_k'
+  next_c text;
+begin
+  perform private.crm_require_tenant();
+  if cursor is not null then
+    begin
+      k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+    exception when others then
+      k := null;
+    end;
+    if k is null or jsonb_typeof(k) <> 'object' or k ->> 'l' is distinct from list
+       or k ->> 'c' is distinct from channel or jsonb_typeof(k -> 'k') <> 'array' then
+      raise exception 'not a cursor of this list' using errcode = 'PT422', detail = 'code=invalid_cursor';
+    end if;
+    k := k -> 'k';
+  end if;
+  begin
+    case list
+    when 'notes' then
+      select jsonb_agg(to_jsonb(x) - 'tenant_id' || jsonb_build_object('_k', jsonb_build_array(x.pinned, x.created_at, x.id))
+                       order by x.pinned desc, x.created_at desc, x.id desc) into rows
+      from (select * from public.notes e where e.customer_id = customer
+              and (k is null or (e.pinned, e.created_at, e.id) < ((k ->> 0)::boolean, (k ->> 1)::timestamptz, (k ->> 2)::uuid))
+            order by e.pinned desc, e.created_at desc, e.id desc limit n + 1) x;
+    when 'timeline' then
+      select jsonb_agg(to_jsonb(x) - 'tenant_id' - 'updated_at' - 'created_at' || jsonb_build_object('_k', jsonb_build_array(x.occurred_at, x.id))
+                       order by x.occurred_at desc, x.id desc) into rows
+      from (select * from public.timeline_events e where e.customer_id = customer
+              and (k is null or (e.occurred_at, e.id) < ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+            order by e.occurred_at desc, e.id desc limit n + 1) x;
+    when 'cards' then
+      select jsonb_agg(jsonb_build_object('id', cd.id, 'pipeline_id', cd.pipeline_id, 'pipeline', pl.name,
+               'stage_id', cd.stage_id, 'stage', st.name, 'status', cd.status, 'value', cd.value,
+               'deposit_amount', cd.deposit_amount, 'stage_entered_at', cd.stage_entered_at,
+               '_k', jsonb_build_array(cd.created_at, cd.id)) order by cd.created_at, cd.id) into rows
+      from (select * from public.cards e where e.customer_id = customer
+              and (k is null or (e.created_at, e.id) > ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+            order by e.created_at, e.id limit n + 1) cd
+      join public.pipeline_stages st on st.id = cd.stage_id
+      join public.pipelines pl on pl.id = cd.pipeline_id;
+    when 'activities' then
+      select jsonb_agg(jsonb_build_object('id', a.id, 'type', ty.key, 'type_name', ty.name,
+               'title', a.title, 'status', a.status, 'scheduled_at', a.scheduled_at,
+               'assigned_to', a.assigned_to, 'result', a.result, 'closed_at', a.closed_at,
+               '_k', jsonb_build_array(a.created_at, a.id)) order by a.created_at desc, a.id desc) into rows
+      from (select * from public.activities e where e.customer_id = customer
+              and (k is null or (e.created_at, e.id) < ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+            order by e.created_at desc, e.id desc limit n + 1) a
+      join public.activity_types ty on ty.id = a.type_id;
+    when 'appointments' then
+      select jsonb_agg(jsonb_build_object('id', a.id, 'scheduled_at', a.scheduled_at, 'status', a.status, 'title', a.title,
+               '_k', jsonb_build_array(a.at, a.id)) order by a.at, a.id) into rows
+      from (select e.*, coalesce(e.scheduled_at, 'infinity') as at
+            from public.activities e join public.activity_types ty on ty.id = e.type_id
+            where e.customer_id = customer and ty.key = 'appointment'
+              and (k is null or (coalesce(e.scheduled_at, 'infinity'), e.id) > ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+            order by coalesce(e.scheduled_at, 'infinity'), e.id limit n + 1) a;
+    when 'reminders' then
+      select jsonb_agg(to_jsonb(x) - 'tenant_id' || jsonb_build_object('_k', jsonb_build_array(x.due_at, x.id))
+                       order by x.due_at, x.id) into rows
+      from (select * from public.reminders e where e.customer_id = customer
+              and (k is null or (e.due_at, e.id) > ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+            order by e.due_at, e.id limit n + 1) x;
+    when 'inventory' then
+      select jsonb_agg(jsonb_build_object('id', i.id, 'code', i.code, 'name', i.name, 'kind', i.kind, 'project', i.project,
+               'status', i.status, 'price', i.price, '_k', jsonb_build_array(i.created_at, i.id)) order by i.created_at, i.id) into rows
+      from (select * from public.inventory_items e where e.customer_id = customer
+              and (k is null or (e.created_at, e.id) > ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+            order by e.created_at, e.id limit n + 1) i;
+    when 'work_orders' then
+      select jsonb_agg(jsonb_build_object('id', w.id, 'title', w.title, 'status', w.status, 'progress', w.progress, 'due_at', w.due_at,
+               'steps', (select coalesce(jsonb_agg(jsonb_build_object('id', s.id, 'position', s.position, 'title', s.title,
+                                'done_at', s.done_at, 'done_by', s.done_by) order by s.position), '[]')
+                         from (select * from public.work_order_steps s where s.work_order_id = w.id order by s.position limit 100) s),
+               '_k', jsonb_build_array(w.created_at, w.id)) order by w.created_at desc, w.id desc) into rows
+      from (select * from public.work_orders e where e.customer_id = customer
+              and (k is null or (e.created_at, e.id) < ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+            order by e.created_at desc, e.id desc limit n + 1) w;
+    when 'merges' then
+      select jsonb_agg(jsonb_build_object('merged_id', m.merged_id, 'at', m.created_at, 'moved', m.moved,
+               '_k', jsonb_build_array(m.created_at, m.id)) order by m.created_at desc, m.id desc) into rows
+      from (select * from public.customer_merges e where e.survivor_id = customer
+              and (k is null or (e.created_at, e.id) < ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+            order by e.created_at desc, e.id desc limit n + 1) m;
+    when 'messages' then
+      if channel is null then
+        raise exception 'messages are paged per channel' using errcode = 'PT422', detail = 'code=channel_required';
+      end if;
+      if to_regprocedure('public.customer_messages(uuid, text, jsonb, integer)') is null then
+        rows := '[]'::jsonb;
+      else
+        execute 'select public.customer_messages($1, $2, $3, $4)' into rows using customer, channel, k, n + 1;
+      end if;
+    else
+      raise exception 'unknown list %', list using errcode = 'PT422', detail = 'code=unknown_list';
+    end case;
+  exception when invalid_text_representation or invalid_datetime_format or datetime_field_overflow then
+    raise exception 'not a cursor of this list' using errcode = 'PT422', detail = 'code=invalid_cursor';
+  end;
+  rows := coalesce(rows, '[]'::jsonb);
+  if jsonb_array_length(rows) > n then
+    next_c := rtrim(translate(encode(convert_to(jsonb_build_object('l', list, 'c', channel, 'k', rows -> (n - 1) -> '_k')::text,
+                                              'UTF8'), 'base64'), E'+/\n', '-_'), '=');
+    rows := rows - n;
+  end if;
+  return jsonb_build_object('list', list, 'channel', channel, 'next_cursor', next_c,
+           'items', coalesce((select jsonb_agg(r - '_k' order by o) from jsonb_array_elements(rows) with ordinality t(r, o)), '[]'));
+end;
+$$;
+revoke execute on function public.customer_page(uuid, text, text, int, text) from public, anon;
+grant execute on function public.customer_page(uuid, text, text, int, text) to authenticated, service_role;
+
+/*
+ * The whole customer screen in one JSON. Every embedded list is its first page (customer_page's order;
+ * timeline_limit rows of the timeline, at most 200; 50 of the others, 50 messages per channel), and
+ * next_cursor holds, per list, the cursor of the next page or null:
+ *   {"notes": text|null, "timeline": ..., "cards": ..., ..., "messages": {"<channel>": text|null}}
+ * Walk on with public.customer_page(customer, '<list>', next_cursor.<list>) (messages: with the channel).
+ */
 create or replace function public.customer_viewer(customer uuid, timeline_limit int default 200)
 returns jsonb
 language plpgsql stable
@@ -430,53 +639,58 @@ set search_path = ''
 as $$
 declare
   c public.customers;
+  pages jsonb := '{}';
+  pg jsonb;
+  l text;
+  msgs jsonb;
+  ch text;
+  chan_msgs jsonb;
+  msg_out jsonb := '{}';
+  msg_next jsonb := '{}';
+  per_channel constant int := 50;
 begin
   perform private.crm_require_tenant();
   select * into c from public.customers x where x.id = customer;  -- RLS: only a customer you may see
   if not found then
     raise exception 'customer not found' using errcode = 'P0002';
   end if;
+  foreach l in array array['notes', 'timeline', 'cards', 'activities', 'appointments', 'reminders', 'inventory',
+                           'work_orders', 'merges'] loop
+    pg := public.customer_page(c.id, l, null, case when l = 'timeline' then timeline_limit else 50 end);
+    pages := pages || jsonb_build_object(l, pg);
+  end loop;
+  -- Messages: one more than a page per channel tells whether there is a next page.
+  msgs := private.crm_customer_messages(c.id, per_channel + 1);
+  for ch, chan_msgs in select * from jsonb_each(msgs) loop
+    if jsonb_array_length(chan_msgs) > per_channel then
+      msg_next := msg_next || jsonb_build_object(ch, rtrim(translate(encode(convert_to(jsonb_build_object('l', 'messages', 'c', ch,
+                    'k', jsonb_build_array(chan_msgs -> (per_channel - 1) -> 'at', chan_msgs -> (per_channel - 1) -> 'id'))::text,
+                    'UTF8'), 'base64'), E'+/\n', '-_'), '='));
+      chan_msgs := chan_msgs - per_channel;
+    else
+      msg_next := msg_next || jsonb_build_object(ch, null);
+    end if;
+    msg_out := msg_out || jsonb_build_object(ch, chan_msgs);
+  end loop;
   return jsonb_build_object(
     'customer', to_jsonb(c),
     'responsibles', coalesce((select jsonb_agg(jsonb_build_object('id', p.id, 'full_name', p.full_name, 'email', p.email))
                               from public.profiles p where p.id = any(c.responsibles)), '[]'),
     'quality_score', c.quality_score,
     'tags', to_jsonb(c.tags),
-    'cards', coalesce((select jsonb_agg(jsonb_build_object('id', cd.id, 'pipeline_id', cd.pipeline_id, 'pipeline', pl.name,
-                         'stage_id', cd.stage_id, 'stage', st.name, 'status', cd.status, 'value', cd.value,
-                         'deposit_amount', cd.deposit_amount, 'stage_entered_at', cd.stage_entered_at) order by cd.created_at)
-                       from public.cards cd join public.pipeline_stages st on st.id = cd.stage_id
-                       join public.pipelines pl on pl.id = cd.pipeline_id
-                       where cd.customer_id = c.id), '[]'),
-    'timeline', coalesce((select jsonb_agg(to_jsonb(t) - 'tenant_id' - 'updated_at' - 'created_at' order by t.occurred_at desc)
-                          from (select * from public.timeline_events e where e.customer_id = c.id
-                                order by e.occurred_at desc limit timeline_limit) t), '[]'),
-    'activities', coalesce((select jsonb_agg(jsonb_build_object('id', a.id, 'type', ty.key, 'type_name', ty.name,
-                              'title', a.title, 'status', a.status, 'scheduled_at', a.scheduled_at,
-                              'assigned_to', a.assigned_to, 'result', a.result, 'closed_at', a.closed_at) order by a.created_at desc)
-                            from public.activities a join public.activity_types ty on ty.id = a.type_id
-                            where a.customer_id = c.id), '[]'),
-    'appointments', coalesce((select jsonb_agg(jsonb_build_object('id', a.id, 'scheduled_at', a.scheduled_at,
-                                'status', a.status, 'title', a.title) order by a.scheduled_at)
-                              from public.activities a join public.activity_types ty on ty.id = a.type_id
-                              where a.customer_id = c.id and ty.key = 'appointment'), '[]'),
-    'reminders', coalesce((select jsonb_agg(to_jsonb(r) - 'tenant_id' order by r.due_at)
-                           from public.reminders r where r.customer_id = c.id), '[]'),
-    'notes', coalesce((select jsonb_agg(to_jsonb(n) - 'tenant_id' order by n.pinned desc, n.created_at desc)
-                       from public.notes n where n.customer_id = c.id), '[]'),
-    'messages', private.crm_customer_messages(c.id),
-    'inventory', coalesce((select jsonb_agg(jsonb_build_object('id', i.id, 'code', i.code, 'name', i.name,
-                             'kind', i.kind, 'project', i.project, 'status', i.status, 'price', i.price))
-                           from public.inventory_items i where i.customer_id = c.id), '[]'),
-    'work_orders', coalesce((select jsonb_agg(jsonb_build_object('id', w.id, 'title', w.title, 'status', w.status,
-                               'progress', w.progress, 'due_at', w.due_at,
-                               'steps', (select coalesce(jsonb_agg(jsonb_build_object('id', s.id, 'position', s.position,
-                                          'title', s.title, 'done_at', s.done_at, 'done_by', s.done_by) order by s.position), '[]')
-                                         from public.work_order_steps s where s.work_order_id = w.id)))
-                             from public.work_orders w where w.customer_id = c.id), '[]'),
+    'cards', pages -> 'cards' -> 'items',
+    'timeline', pages -> 'timeline' -> 'items',
+    'activities', pages -> 'activities' -> 'items',
+    'appointments', pages -> 'appointments' -> 'items',
+    'reminders', pages -> 'reminders' -> 'items',
+    'notes', pages -> 'notes' -> 'items',
+    'messages', msg_out,
+    'inventory', pages -> 'inventory' -> 'items',
+    'work_orders', pages -> 'work_orders' -> 'items',
     'orders', '[]'::jsonb,
-    'merges', coalesce((select jsonb_agg(jsonb_build_object('merged_id', m.merged_id, 'at', m.created_at, 'moved', m.moved))
-                        from public.customer_merges m where m.survivor_id = c.id), '[]'));
+    'merges', pages -> 'merges' -> 'items',
+    'next_cursor', (select jsonb_object_agg(key, value -> 'next_cursor') from jsonb_each(pages))
+                   || jsonb_build_object('messages', msg_next));
 end;
 $$;
 revoke execute on function public.customer_viewer(uuid, int) from public, anon;

@@ -700,7 +700,8 @@ end;
 $$;
 
 -- For the CRM's customer viewer: a customer's messages by channel (contacts linked to the customer,
--- or to the lead it came from). {"whatsapp": [{id, direction, type, body, at, status}], ...}
+-- or to the lead it came from), the newest per_channel of each channel (at most 200; order created_at
+-- desc, id desc, across the channel's conversations). {"whatsapp": [{id, direction, type, body, at, status}], ...}
 create or replace function private.inbox_customer_messages(customer uuid, per_channel int default 50) returns jsonb
 language plpgsql stable
 security definer
@@ -712,6 +713,7 @@ declare
   result jsonb;
   is_user boolean := coalesce(current_setting('role', true), 'none') not in ('service_role', 'none');
   caller_tenant uuid := (select private.tenant_id());
+  n int := least(greatest(coalesce(per_channel, 50), 1), 201);
 begin
   -- Users: only their active tenant, with the inbox read permission; service code: any.
   if is_user and (caller_tenant is null or not (select private.can('inbox', 'read'))) then
@@ -722,23 +724,180 @@ begin
   end if;
   select coalesce(jsonb_object_agg(channel, msgs), '{}'::jsonb) into result
   from (
-    select ct.channel, jsonb_agg(jsonb_build_object('id', m.id, 'conversation_id', m.conversation_id,
-             'direction', m.direction, 'type', m.type, 'body', m.body, 'at', m.created_at, 'status', m.status)
-             order by m.created_at desc) as msgs
-    from public.contacts ct
-    join public.conversations v on v.tenant_id = ct.tenant_id and v.contact_id = ct.id
-    join lateral (select * from public.messages m where m.tenant_id = v.tenant_id and m.conversation_id = v.id
-                    and m.direction <> 'internal'
-                  order by m.created_at desc limit per_channel) m on true
-    where (ct.customer_id = customer or (cust_lead is not null and ct.lead_id = cust_lead))
-      and (not is_user or ct.tenant_id = caller_tenant)
-      -- a caller limited to assigned conversations sees only those
-      and (not is_user or (select private.sees_all()) or v.assignee_id = (select auth.uid()))
-    group by ct.channel) x;
+    select r.channel, jsonb_agg(jsonb_build_object('id', r.id, 'conversation_id', r.conversation_id,
+             'direction', r.direction, 'type', r.type, 'body', r.body, 'at', r.created_at, 'status', r.status)
+             order by r.created_at desc, r.id desc) as msgs
+    from (
+      select ct.channel, m.*, row_number() over (partition by ct.channel order by m.created_at desc, m.id desc) as rn
+      from public.contacts ct
+      join public.conversations v on v.tenant_id = ct.tenant_id and v.contact_id = ct.id
+      join lateral (select * from public.messages m where m.tenant_id = v.tenant_id and m.conversation_id = v.id
+                      and m.direction <> 'internal'
+                    order by m.created_at desc, m.id desc limit n) m on true
+      where (ct.customer_id = customer or (cust_lead is not null and ct.lead_id = cust_lead))
+        and (not is_user or ct.tenant_id = caller_tenant)
+        -- a caller limited to assigned conversations sees only those
+        and (not is_user or (select private.sees_all()) or v.assignee_id = (select auth.uid()))
+    ) r
+    where r.rn <= n
+    group by r.channel) x;
   return result;
 end;
 $$;
 grant execute on function private.inbox_customer_messages(uuid, int) to authenticated, service_role;
+
+-- ---- Pagination (issue 10, item 8) ------------------------------------------------------------
+-- Keyset pages, never OFFSET; cursors are opaque text (base64url of {"l": list, "c": scope, "k": [keys of
+-- the last row shown]}), refused with PT422 invalid_cursor when they are not this list's. Security
+-- invoker: RLS (conversation visibility, the assigned-only restriction) decides what a caller sees.
+
+-- Helper of public.customer_page(customer, 'messages', cursor, limit, channel): up to "limit" of the
+-- customer's messages on one channel after the keys `after` ([created_at, id] of the last one shown,
+-- or null), newest first, each with its keys under "_k". Same rows as inbox_customer_messages.
+create or replace function public.customer_messages(customer uuid, channel text, after jsonb default null,
+                                                    "limit" int default 51)
+returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  cust_lead uuid;
+  result jsonb;
+  n int := least(greatest(coalesce("limit", 51), 1), 201);
+begin
+  if to_regclass('public.customers') is not null then
+    execute 'select lead_id from public.customers where id = $1' into cust_lead using customer;
+  end if;
+  select jsonb_agg(jsonb_build_object('id', r.id, 'conversation_id', r.conversation_id, 'direction', r.direction,
+           'type', r.type, 'body', r.body, 'at', r.created_at, 'status', r.status,
+           '_k', jsonb_build_array(r.created_at, r.id)) order by r.created_at desc, r.id desc) into result
+  from (select m.* from public.contacts ct
+        join public.conversations v on v.tenant_id = ct.tenant_id and v.contact_id = ct.id
+        join public.messages m on m.tenant_id = v.tenant_id and m.conversation_id = v.id
+        where ct.channel = customer_messages.channel
+          and (ct.customer_id = customer or (cust_lead is not null and ct.lead_id = cust_lead))
+          and m.direction <> 'internal'
+          and (after is null or (m.created_at, m.id) < ((after ->> 0)::timestamptz, (after ->> 1)::uuid))
+        order by m.created_at desc, m.id desc limit n) r;
+  return coalesce(result, '[]'::jsonb);
+end;
+$$;
+revoke execute on function public.customer_messages(uuid, text, jsonb, int) from public, anon;
+grant execute on function public.customer_messages(uuid, text, jsonb, int) to authenticated, service_role;
+
+-- The conversation list, one page: {"items": [<inbox_conversation_list rows>], "next_cursor": text|null},
+-- most recent activity first (coalesce(last_message_at, -infinity) desc, id desc); "limit" rows (default
+-- 50, at most 200). Filters (optional): {"status": text, "assignee_id": uuid, "channel_account_id": uuid,
+-- "channel": text, "team": text, "label": text, "unread": true}.
+create or replace function public.inbox_conversations(filters jsonb default '{}', cursor text default null,
+                                                      "limit" int default 50)
+returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  n int := least(greatest(coalesce("limit", 50), 1), 200);
+  f jsonb := coalesce(filters, '{}');
+  k jsonb;
+  rows jsonb;
+  next_c text;
+begin
+  if cursor is not null then
+    begin
+      k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+      if k ->> 'l' is distinct from 'conversations' or k ->> 'c' is distinct from md5(f::text) or jsonb_typeof(k -> 'k') <> 'array' then
+        k := null;
+      else
+        k := k -> 'k';
+        perform (k ->> 0)::timestamptz, (k ->> 1)::uuid;
+      end if;
+    exception when others then
+      k := null;
+    end;
+    if k is null then
+      raise exception 'not a cursor of this list' using errcode = 'PT422', detail = 'code=invalid_cursor';
+    end if;
+  end if;
+  begin
+    select jsonb_agg(to_jsonb(x) - 'at' || jsonb_build_object('_k', jsonb_build_array(x.at, x.id)) order by x.at desc, x.id desc)
+    into rows
+    from (select l.*, coalesce(l.last_message_at, '-infinity') as at from public.inbox_conversation_list l
+          where (f ->> 'status' is null or l.status = f ->> 'status')
+            and (f ->> 'assignee_id' is null or l.assignee_id = (f ->> 'assignee_id')::uuid)
+            and (f ->> 'channel_account_id' is null or l.channel_account_id = (f ->> 'channel_account_id')::uuid)
+            and (f ->> 'channel' is null or l.channel = f ->> 'channel')
+            and (f ->> 'team' is null or l.team = f ->> 'team')
+            and (f ->> 'label' is null or (f ->> 'label') = any(l.labels))
+            and (coalesce((f ->> 'unread')::boolean, false) is false or l.unread > 0)
+            and (k is null or (coalesce(l.last_message_at, '-infinity'), l.id) < ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+          order by coalesce(l.last_message_at, '-infinity') desc, l.id desc limit n + 1) x;
+  exception when invalid_text_representation or datetime_field_overflow or invalid_datetime_format then
+    raise exception 'a filter has the wrong type' using errcode = 'PT422', detail = 'code=invalid_filter';
+  end;
+  rows := coalesce(rows, '[]'::jsonb);
+  if jsonb_array_length(rows) > n then
+    next_c := rtrim(translate(encode(convert_to(jsonb_build_object('l', 'conversations', 'c', md5(f::text),
+                'k', rows -> (n - 1) -> '_k')::text, 'UTF8'), 'base64'), E'+/\n', '-_'), '=');
+    rows := rows - n;
+  end if;
+  return jsonb_build_object('next_cursor', next_c,
+           'items', coalesce((select jsonb_agg(r - '_k' order by o) from jsonb_array_elements(rows) with ordinality t(r, o)), '[]'));
+end;
+$$;
+revoke execute on function public.inbox_conversations(jsonb, text, int) from public, anon;
+grant execute on function public.inbox_conversations(jsonb, text, int) to authenticated, service_role;
+
+-- One conversation's messages, one page, newest first (created_at desc, id desc), internal notes
+-- included: {"items": [...], "next_cursor": text|null}; "limit" rows (default 50, at most 200).
+create or replace function public.conversation_messages(conversation uuid, cursor text default null, "limit" int default 50)
+returns jsonb
+language plpgsql stable
+set search_path = ''
+as $$
+declare
+  n int := least(greatest(coalesce("limit", 50), 1), 200);
+  k jsonb;
+  rows jsonb;
+  next_c text;
+begin
+  if not exists (select 1 from public.conversations c where c.id = conversation) then  -- RLS: one you may see
+    raise exception 'conversation not found' using errcode = 'P0002';
+  end if;
+  if cursor is not null then
+    begin
+      k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+      if k ->> 'l' is distinct from 'messages' or k ->> 'c' is distinct from conversation::text or jsonb_typeof(k -> 'k') <> 'array' then
+        k := null;
+      else
+        k := k -> 'k';
+        perform (k ->> 0)::timestamptz, (k ->> 1)::uuid;
+      end if;
+    exception when others then
+      k := null;
+    end;
+    if k is null then
+      raise exception 'not a cursor of this conversation' using errcode = 'PT422', detail = 'code=invalid_cursor';
+    end if;
+  end if;
+  select jsonb_agg(to_jsonb(x) - 'tenant_id' - 'payload' || jsonb_build_object('_k', jsonb_build_array(x.created_at, x.id))
+                   order by x.created_at desc, x.id desc)
+  into rows
+  from (select * from public.messages m
+        where m.conversation_id = conversation
+          and (k is null or (m.created_at, m.id) < ((k ->> 0)::timestamptz, (k ->> 1)::uuid))
+        order by m.created_at desc, m.id desc limit n + 1) x;
+  rows := coalesce(rows, '[]'::jsonb);
+  if jsonb_array_length(rows) > n then
+    next_c := rtrim(translate(encode(convert_to(jsonb_build_object('l', 'messages', 'c', conversation,
+                'k', rows -> (n - 1) -> '_k')::text, 'UTF8'), 'base64'), E'+/\n', '-_'), '=');
+    rows := rows - n;
+  end if;
+  return jsonb_build_object('next_cursor', next_c,
+           'items', coalesce((select jsonb_agg(r - '_k' order by o) from jsonb_array_elements(rows) with ordinality t(r, o)), '[]'));
+end;
+$$;
+revoke execute on function public.conversation_messages(uuid, text, int) from public, anon;
+grant execute on function public.conversation_messages(uuid, text, int) to authenticated, service_role;
 
 -- ---- WhatsApp Cloud API: object = whatsapp_business_account ---------------------------------
 -- The sender is identified as Meta's "Business-scoped user IDs" documentation describes
