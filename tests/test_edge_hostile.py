@@ -320,3 +320,32 @@ def test_missing_server_secrets_are_reported_at_start_up(monkeypatch, db_url):
     monkeypatch.delenv("LUNA_META_APP_SECRET")
     up.warn_missing_secrets()
     assert any("LUNA_META_APP_SECRET" in c for c in calls)
+
+
+def test_signed_webhooks_with_malformed_bodies_answer_400_not_500(client, conn):
+    """A caller holding the secret can still send nonsense: a JSON array to Telegram, a non-numeric
+    NumMedia to Twilio. Both are the client's fault: 400 with a code, never 500."""
+    from urllib.parse import urlencode
+
+    from luna import secrets
+    from worker.adapters.twilio import signature
+
+    demo = "00000000-0000-4000-8000-000000000001"
+    tg = conn.execute("insert into channel_accounts (tenant_id, kind, name, external_id) "
+                      "values (%s, 'telegram', 'TG bad', 'tg-bad') returning id", (demo,)).fetchone()["id"]
+    secrets.set_channel_credentials(conn, str(tg), {"bot_token": "1:x", "webhook_secret": "s3cret"})
+    for body in (b"[]", b'"text"', b"42", b"null"):
+        r = client.post(f"/v1/webhooks/telegram/{tg}", content=body,
+                        headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret", "Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body", (body, r.text)
+
+    sms = conn.execute("insert into channel_accounts (tenant_id, kind, name, external_id) "
+                       "values (%s, 'sms_twilio', 'SMS bad', '+15005550006') returning id", (demo,)).fetchone()["id"]
+    secrets.set_channel_credentials(conn, str(sms), {"account_sid": "AC1", "auth_token": "tok"})
+    url = f"http://testserver/v1/webhooks/twilio/{sms}"
+    for media in ("abc", "-1", "99", "１"):
+        params = {"MessageSid": "SM1", "From": "+905321112233", "To": "+15005550006", "Body": "hi", "NumMedia": media}
+        r = client.post(f"/v1/webhooks/twilio/{sms}", content=urlencode(params),
+                        headers={"Content-Type": "application/x-www-form-urlencoded",
+                                 "X-Twilio-Signature": signature("tok", url, params)})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body", (media, r.text)

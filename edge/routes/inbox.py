@@ -242,11 +242,14 @@ async def twilio_event(channel_id: UUID, request: Request):
                        hint="behind a proxy set LUNA_PUBLIC_URL (or the channel's settings.webhook_url) to the URL "
                             "Twilio calls; the signature covers it with its query string")
     sid = params.get("MessageSid") or params.get("SmsSid") or ""
+    media = params.get("NumMedia", "0") or "0"
+    if not (media.isascii() and media.isdigit() and int(media) <= 10):  # Twilio sends 0-10
+        raise ApiError(400, "malformed_body", "NumMedia must be a number from 0 to 10")
     if "Body" in params:
         payload = {"from": params.get("From"), "phone": params.get("From"), "message_id": sid, "body": params["Body"],
-                   "type": "media" if int(params.get("NumMedia", "0") or 0) else "text",
+                   "type": "media" if int(media) else "text",
                    "attachments": [{"url": params.get(f"MediaUrl{i}"), "mime_type": params.get(f"MediaContentType{i}")}
-                                   for i in range(int(params.get("NumMedia", "0") or 0))]}
+                                   for i in range(int(media))]}
         event_id = f"twilio:{sid}"
     else:
         status = params.get("MessageStatus", "")
@@ -271,6 +274,8 @@ async def telegram_event(channel_id: UUID, request: Request):
         update = json.loads(await request.body())
     except ValueError:
         raise ApiError(400, "malformed_body", "the body is not JSON")
+    if not isinstance(update, dict):
+        raise ApiError(400, "malformed_body", "a Telegram Update is a JSON object")
     from worker.adapters.telegram import update_payload
 
     # The sender (not the chat) is the contact; a group is one conversation; an edit updates the message.
