@@ -238,8 +238,10 @@ begin
   begin
     if f_cursor is not null then
       k := convert_from(decode(rpad(translate(f_cursor, '-_', '+/'), (length(f_cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
-      if k ->> 'l' is distinct from 'board' or k ->> 'c' is distinct from f_stage::text or jsonb_typeof(k -> 'k') <> 'array'
-         or jsonb_array_length(k -> 'k') <> 3 then
+      if jsonb_typeof(k) is distinct from 'object' or k ->> 'l' is distinct from 'board' or k ->> 'c' is distinct from f_stage::text
+         or jsonb_typeof(k -> 'k') is distinct from 'array' then
+        k := null;
+      elsif jsonb_array_length(k -> 'k') <> 3 or (k -> 'k') @> '[null]' then
         k := null;
       else
         k := k -> 'k';  -- [position as text (exact), created_at, id]; the casts below check them
@@ -520,14 +522,20 @@ begin
   if cursor is not null then
     begin
       k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+      if jsonb_typeof(k) is distinct from 'object' or k ->> 'l' is distinct from list or k ->> 'c' is distinct from channel
+         or jsonb_typeof(k -> 'k') is distinct from 'array' then
+        k := null;
+      elsif jsonb_array_length(k -> 'k') < 2 or (k -> 'k') @> '[null]' then
+        k := null;
+      else
+        k := k -> 'k';
+      end if;
     exception when others then
       k := null;
     end;
-    if k is null or jsonb_typeof(k) <> 'object' or k ->> 'l' is distinct from list
-       or k ->> 'c' is distinct from channel or jsonb_typeof(k -> 'k') <> 'array' then
+    if k is null then
       raise exception 'not a cursor of this list' using errcode = 'PT422', detail = 'code=invalid_cursor';
     end if;
-    k := k -> 'k';
   end if;
   begin
     case list

@@ -805,7 +805,10 @@ begin
   if cursor is not null then
     begin
       k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
-      if k ->> 'l' is distinct from 'conversations' or k ->> 'c' is distinct from md5(f::text) or jsonb_typeof(k -> 'k') <> 'array' then
+      if jsonb_typeof(k) is distinct from 'object' or k ->> 'l' is distinct from 'conversations' or k ->> 'c' is distinct from md5(f::text)
+         or jsonb_typeof(k -> 'k') is distinct from 'array' then
+        k := null;
+      elsif jsonb_array_length(k -> 'k') <> 2 or (k -> 'k') @> '[null]' then
         k := null;
       else
         k := k -> 'k';
@@ -866,7 +869,10 @@ begin
   if cursor is not null then
     begin
       k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
-      if k ->> 'l' is distinct from 'messages' or k ->> 'c' is distinct from conversation::text or jsonb_typeof(k -> 'k') <> 'array' then
+      if jsonb_typeof(k) is distinct from 'object' or k ->> 'l' is distinct from 'messages' or k ->> 'c' is distinct from conversation::text
+         or jsonb_typeof(k -> 'k') is distinct from 'array' then
+        k := null;
+      elsif jsonb_array_length(k -> 'k') <> 2 or (k -> 'k') @> '[null]' then
         k := null;
       else
         k := k -> 'k';

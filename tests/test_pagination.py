@@ -3,6 +3,7 @@ viewer's lists (notes, timeline, cards, activities, reminders, messages, ...), t
 the inbox's conversation list and a conversation's messages. Walking a cursor returns every row exactly
 once, in the list's order, ties included (rows with one timestamp are told apart by id)."""
 
+import base64
 import json
 
 import psycopg
@@ -146,6 +147,8 @@ def test_every_list_of_the_viewer_is_bounded_and_walks(conn):
 
 
 def test_cursors_are_checked(conn):
+    stage = str(conn.execute("select s.id from pipeline_stages s join pipelines p on p.id = s.pipeline_id "
+                                 "where p.tenant_id = %s and p.is_default limit 1", (DEMO,)).fetchone()["id"])
     conn.execute("insert into public.notes (tenant_id, customer_id, body) select %s, %s, 'n' || i from generate_series(1, 3) i",
                  (DEMO, AHMET))
     with as_user(conn, AGENT_EMAIL) as cur:
@@ -157,11 +160,19 @@ def test_cursors_are_checked(conn):
         with pytest.raises(psycopg.Error) as e, as_user(conn, AGENT_EMAIL) as cur:
             cur.execute("select public.customer_page(%s, %s, %s, 10) as p", (AHMET, list_name, bad))
         refused(e, code)
-    # a forged cursor with keys of the wrong type is refused, not a 500
-    forged = __import__("base64").urlsafe_b64encode(json.dumps({"l": "notes", "c": None, "k": ["x", "y", "z"]}).encode()).decode()
-    with pytest.raises(psycopg.Error) as e, as_user(conn, AGENT_EMAIL) as cur:
-        cur.execute("select public.customer_page(%s, 'notes', %s, 10) as p", (AHMET, forged.rstrip("=")))
-    refused(e, "invalid_cursor")
+    # forged cursors (keys of the wrong type, missing, null; not an object) are refused, not a 500
+    for payload in ({"l": "notes", "c": None, "k": ["x", "y", "z"]}, {"l": "notes", "c": None},
+                    {"l": "notes", "c": None, "k": []}, {"l": "notes", "c": None, "k": [None, None, None]},
+                    {"l": "notes", "c": None, "k": "abc"}, ["notes"], 5):
+        forged = base64.urlsafe_b64encode(json.dumps(payload).encode()).decode().rstrip("=")
+        for sql, args in (("select public.customer_page(%s, 'notes', %s, 10) as p", (AHMET, forged)),
+                          ("select public.inbox_conversations('{}', %s, 10) as p", (forged,)),
+                          ("select public.conversation_messages('00000000-0000-4000-8006-000000000131', %s, 10) as p", (forged,)),
+                          ("select public.crm_board_page((select pipeline_id from pipeline_stages where id = %s), %s, %s) as p",
+                           (stage, stage, forged))):
+            with pytest.raises(psycopg.Error) as e, as_user(conn, AGENT_EMAIL) as cur:
+                cur.execute(sql, args)
+            refused(e, "invalid_cursor")
 
 
 # --------------------------------------------------------------------------------------------- messages
