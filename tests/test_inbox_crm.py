@@ -4,6 +4,7 @@ the customer's messages by channel, the inbox views."""
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from .conftest import DEMO, as_user
@@ -83,6 +84,8 @@ def test_manual_link_and_timeline_forgery_refused(conn):
     with pytest.raises(psycopg.errors.NoDataFound):
         with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
             cur.execute("select public.link_contact_customer('00000000-0000-4000-8006-000000000221', %s)", (cust,))
-    with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
-        cur.execute("select private.inbox_timeline(%s, '00000000-0000-4000-8006-000000000131', 'forged', '{}')", (DEMO,))
+    # Another tenant's timeline is refused outright (42501 tenant_mismatch), not skipped silently.
+    with pytest.raises(psycopg.errors.InsufficientPrivilege):
+        with as_user(conn, "owner@demo-2.luna.local", rollback=True) as cur:
+            cur.execute("select private.inbox_timeline(%s, '00000000-0000-4000-8006-000000000131', 'forged', '{}')", (DEMO,))
     assert conn.execute("select count(*) as n from public.conversation_events where event = 'forged'").fetchone()["n"] == 0
