@@ -8,7 +8,7 @@ import os
 
 from rich.console import Console
 
-from . import migrate
+from . import migrate, secrets
 from .db import connect, database_url, is_embedded
 from .settings import get_settings
 
@@ -48,6 +48,7 @@ def run_up(host: str | None = None, port: int | None = None, with_worker: bool =
         except migrate.MigrationError as exc:
             console.print(f"[red]migration failed:[/] {exc}")
             raise SystemExit(1)
+        secrets.migrate_database(url)  # plain-text keys left in settings JSON -> the encrypted store (idempotent)
     if is_embedded():
         with console.status("seeding the demo tenants"):
             migrate.seed(url)

@@ -21,6 +21,7 @@ import time
 
 import psycopg
 
+from luna import secrets
 from worker import steps
 from worker.adapters.zoho import ZohoAdapter, contact_record, deal_record
 from worker.errors import JobError
@@ -80,10 +81,11 @@ async def sync_customer_to_zoho(ctx, tenant_id, customer_id) -> dict:
     zoho = (await _one(ctx, "select private.crm_zoho_config(%s) as z", tenant_id))["z"]
     if not zoho["enabled"]:
         return {"zoho": "off"}
-    config = zoho["config"] or {}
+    config = await secrets.aconfig(ctx, tenant_id, "crm.zoho_sync", zoho["config"])
     token = config.get("access_token")
     if not token:
-        raise JobError("crm.zoho_sync is on but has no access_token in its config", retryable=False, code="not_configured")
+        raise JobError("crm.zoho_sync is on but has no access_token (secret crm.zoho_sync:access_token)",
+                       retryable=False, code="not_configured")
     payload = (await _one(ctx, "select private.crm_sync_payload(%s) as p", customer_id))["p"]
     if payload is None:
         return {"zoho": "customer gone"}
@@ -141,6 +143,9 @@ async def notify_rep(ctx, row: dict):
     notice = (await _one(ctx, "select private.crm_rep_notice(%s, %s, %s) as n", row["tenant_id"], p["rep"], p.get("customer_id")))["n"]
     if not notice:
         return {"skipped": "rep or settings missing"}
+    # SMTP and WhatsApp credentials are tenant secrets (crm_settings:smtp.password, crm_settings:whatsapp.token).
+    notice.update(await secrets.aconfig(ctx, row["tenant_id"], "crm_settings",
+                                        {"smtp": notice.get("smtp") or {}, "whatsapp": notice.get("whatsapp") or {}}))
     customer = notice.get("customer") or {}
     text = f"Yeni HOT lead size atandı: {customer.get('full_name')} {customer.get('phone') or ''} ({customer.get('source') or '-'})"
     if p["channel"] == "email":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import os
 
-from luna import ai
+from luna import ai, secrets
 from luna.normalize import tr_title
 from worker.adapters.apollo import BULK_LIMIT, ApolloAdapter
 from worker.adapters.base import KeyBatcher
@@ -98,6 +98,7 @@ async def enrich(ctx, row: dict) -> dict:
         on, conf = feature(config, key)
         if not on:
             continue
+        conf = await secrets.aconfig(ctx, row.get("tenant_id") or lead.get("tenant_id"), key, conf)
         a = adapter(ctx, cls, name, conf, env_key)
         if name == "web_search":
             query = " ".join(filter(None, [lead.get("company_name"), lead.get("city")]))
@@ -142,6 +143,7 @@ async def qualify(ctx, row: dict) -> dict:
     checks = []
     on, conf = feature(config, "leads.validate.hunter")
     if on and lead.get("email"):
+        conf = await secrets.aconfig(ctx, row.get("tenant_id") or lead.get("tenant_id"), "leads.validate.hunter", conf)
         hunter = adapter(ctx, HunterAdapter, "hunter", conf, "HUNTER_API_KEY")
         checks.append(("hunter", hunter.verify(lead["email"])))
     on, conf = feature(config, "leads.validate.mx")

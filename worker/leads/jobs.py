@@ -10,6 +10,7 @@ import os
 
 from psycopg.types.json import Jsonb
 
+from luna import secrets
 from worker.adapters.apify import ApifyAdapter
 from worker.adapters.apollo import ApolloAdapter
 from worker.adapters.google_places import GooglePlacesAdapter
@@ -30,9 +31,11 @@ async def ingest(conn, tenant: str, source: str, payload: dict) -> dict:
 
 async def _meta_source(conn, tenant: str, page_id: str) -> dict:
     row = await (await conn.execute(
-        "select config from public.lead_sources where tenant_id = %s and kind = 'meta' and config ->> 'page_id' = %s",
+        "select id, config from public.lead_sources where tenant_id = %s and kind = 'meta' and config ->> 'page_id' = %s",
         (tenant, page_id))).fetchone()
-    return (row or {}).get("config") or {}
+    if row is None:
+        return {}
+    return secrets.merge(row["config"], await secrets.atenant_secrets(conn, tenant, f"lead_source.{row['id']}"))
 
 
 @job("leads.meta_fetch")
@@ -74,7 +77,7 @@ async def _meta_fetch(ctx, row: dict):
         conf = await _meta_source(conn, tenant, p.get("page_id", ""))
     token = conf.get("access_token") or os.environ.get("META_PAGE_ACCESS_TOKEN")
     if not token:
-        raise Permanent("no page access token (lead_sources.config.access_token or META_PAGE_ACCESS_TOKEN)",
+        raise Permanent("no page access token (secret lead_source.<id>:access_token or META_PAGE_ACCESS_TOKEN)",
                         code="not_configured")
     base = conf.get("graph_base_url") or os.environ.get("META_GRAPH_BASE_URL")
 
@@ -106,7 +109,7 @@ PULLERS = {
 async def pull_source(ctx, source: dict) -> dict:
     """Fetch one source's new leads and ingest them. Returns counts."""
     cls, env_key = PULLERS[source["kind"]]
-    conf = source["config"] or {}
+    conf = await secrets.aconfig(ctx, source["tenant_id"], f"lead_source.{source['id']}", source["config"])
     key = conf.get("api_key") or os.environ.get(env_key, "")
     a = cls(key, base_url=conf.get("base_url"), timeout=float(conf.get("timeout", 15)), retries=1)
     a.breaker = ctx.breaker
@@ -177,7 +180,7 @@ async def send_alerts(ctx) -> int:
                 return 0
             rows = await (await conn.execute("""
                 select p.id, p.tenant_id, p.lead_id, p.module, p.to_status, left(p.error, 300) as error,
-                       (select tf.config ->> 'webhook_url' from public.tenant_features tf
+                       (select tf.enabled from public.tenant_features tf
                          where tf.tenant_id = p.tenant_id and tf.feature = 'leads.alerts.slack' and tf.enabled) as webhook
                 from public.processing_logs p
                 where p.id > %s and p.result = 'error' order by p.id limit 200""", (row["position"],))).fetchall()
@@ -188,6 +191,12 @@ async def send_alerts(ctx) -> int:
                 await _notify_supervisors(conn, rows)
                 await conn.execute("update private.cursors set position = %s, updated_at = now() where name = %s",
                                    (max(r["id"] for r in rows), ALERTS_CURSOR))
+    hooks: dict = {}  # the webhook URL is a tenant secret (leads.alerts.slack:webhook_url)
+    for r in rows:
+        if r["webhook"]:
+            if r["tenant_id"] not in hooks:
+                hooks[r["tenant_id"]] = (await secrets.aconfig(ctx, r["tenant_id"], "leads.alerts.slack", {})).get("webhook_url")
+            r["webhook"] = hooks[r["tenant_id"]]
     sent = 0
     for r in rows:
         if r["webhook"]:
