@@ -25,7 +25,7 @@ from ..errors import ApiError
 
 router = APIRouter(prefix="/v1/secrets", tags=["secrets"])
 
-NAME = Path(..., min_length=3, max_length=200, pattern=r"^[a-z0-9_][a-z0-9_.:\-]{0,199}$",
+NAME = Path(..., min_length=3, max_length=200, pattern=r"^[a-z0-9_][a-z0-9_.\-]*:[a-z0-9_.:\-]+$",
             description="'<scope>:<key>', e.g. leads.enrich.apollo:api_key, crm_settings:smtp.password")
 
 
