@@ -275,3 +275,33 @@ async def test_no_secret_in_any_readable_table_view_rpc_or_log(db_url, conn, cli
             found.setdefault(f"log: {line[:120]}", []).append(k)
     assert not found, f"secrets readable: {found}"
     assert any("[REDACTED]" in line for line in log_lines), "the planted log line was redacted, not dropped"
+
+
+def test_cli_sets_lists_migrates_and_deletes(db_url, conn):
+    import os
+    import subprocess
+    import sys
+
+    def luna(*args, stdin=None):
+        proc = subprocess.run([sys.executable, "-m", "luna.cli", *args], env=dict(os.environ, DATABASE_URL=db_url),
+                              input=stdin, capture_output=True, text=True, timeout=180)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout + proc.stderr
+
+    value = f"cli-secret-{uuid.uuid4().hex}"
+    out = luna("secrets", "set", "--tenant", "demo", "leads.validate.hunter:api_key", stdin=value + "\n")
+    assert value not in out
+    assert secrets.tenant_secret(conn, DEMO, "leads.validate.hunter:api_key") == value
+    assert "leads.validate.hunter:api_key" in luna("secrets", "list", "--tenant", "demo")
+    assert value not in luna("secrets", "list", "--tenant", "demo")
+    conn.execute("set session_replication_role = replica")
+    conn.execute("update lead_sources set config = config || %s where tenant_id = %s and kind = 'meta'",
+                 (Jsonb({"access_token": value + "-meta"}), DEMO))
+    conn.execute("set session_replication_role = origin")
+    assert "1 rows moved" in luna("secrets", "migrate")
+    assert "0 rows moved, 0 values encrypted" in luna("secrets", "migrate")
+    source = conn.execute("select id, config from lead_sources where tenant_id = %s and kind = 'meta'", (DEMO,)).fetchone()
+    assert "access_token" not in source["config"]
+    assert secrets.tenant_secret(conn, DEMO, f"lead_source.{source['id']}:access_token") == value + "-meta"
+    luna("secrets", "delete", "--tenant", "demo", "leads.validate.hunter:api_key")
+    assert secrets.tenant_secret(conn, DEMO, "leads.validate.hunter:api_key") is None
