@@ -147,9 +147,9 @@ def test_visible_text_is_kept_and_trimmed(client, conn, db_url):
 
 def test_nul_characters_are_refused_with_a_code(client):
     r = send(client, session(), "a\x00b")
-    assert r.status_code == 400 and r.json()["error"]["code"] == "nul_character"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
     r = client.get(URL, params={"session_id": "abc\x00defghij"})
-    assert r.status_code == 400 and r.json()["error"]["code"] == "nul_character"
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_input"
 
 
 def test_a_lead_only_with_contact_details_or_a_real_message(client, conn, db_url):

@@ -134,7 +134,7 @@ def _refuse_nul(*values) -> None:
     """Postgres text cannot hold NUL: say so (400) instead of failing in the driver."""
     for v in values:
         if isinstance(v, str) and "\x00" in v:
-            raise ApiError(400, "nul_character", "the request contains a NUL character (U+0000)")
+            raise ApiError(400, "invalid_input", "the request contains a NUL character (U+0000)")
         if isinstance(v, dict):
             _refuse_nul(*v.keys(), *v.values())
 
