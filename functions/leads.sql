@@ -146,6 +146,8 @@ set search_path = ''
 -- One large batch joins and groups its rows a few times: let those hash in memory.
 set work_mem = '128MB'
 set jit = off
+-- The temp tables' statistics only steer the matching joins: a small sample is enough.
+set default_statistics_target = 10
 as $$
 #variable_conflict use_variable
 declare
@@ -159,6 +161,8 @@ declare
   changed int;
   c int;
   raw_module text := (select r.module from private.lead_routes r where r.status = 'RAW');
+  -- the free-mail list, once (a few dozen names: an array test per row beats a lookup per row)
+  free text[] := array(select f.domain from private.free_mail_domains f);
 begin
   select * into t from public.tenants where id = tenant;
   if not found then
@@ -187,15 +191,14 @@ begin
   select s.line, s.line, nullif(s.unique_lead_id, ''), nullif(s.external_id, ''), nullif(s.company_name, ''),
          nullif(s.contact_name, ''), nullif(s.email, ''), nullif(s.phone, ''), nullif(s.website, ''),
          nullif(s.domain_cleaned, ''), nullif(s.email_domain, ''),
-         coalesce(case when not exists (select 1 from private.free_mail_domains f where f.domain = s.domain_cleaned)
-                       then nullif(s.domain_cleaned, '') end,
-                  case when not exists (select 1 from private.free_mail_domains f where f.domain = s.email_domain)
-                       then nullif(s.email_domain, '') end),
+         coalesce(case when s.domain_cleaned <> all (free) then nullif(s.domain_cleaned, '') end,
+                  case when s.email_domain <> all (free) then nullif(s.email_domain, '') end),
          nullif(s.city, ''), nullif(s.country, ''),
          nullif(s.utm_source, ''), nullif(s.utm_medium, ''), nullif(s.utm_campaign, ''), nullif(s.utm_content, ''),
          nullif(s.utm_term, ''), s.raw
   from private.lead_staging s
   where s.batch = ingest_staged.batch;
+  get diagnostics n_rows = row_count;
   delete from private.lead_staging s where s.batch = ingest_staged.batch;
 
   -- Acceptance: something that names or reaches the lead.
@@ -203,7 +206,7 @@ begin
   where case when r.email is null and r.phone is null and r.wdom is null and r.ek is null and r.external_id is null
              then private.name_key(r.company_name) is null else false end;
   get diagnostics n_rej = row_count;
-  select count(*) into n_rows from pg_temp.lead_rows;
+  n_rows := n_rows - n_rej;
 
   -- The company domain: the website's, else the e-mail's (once per distinct e-mail domain); never a
   -- free-mail provider's.
@@ -212,8 +215,8 @@ begin
                                     then d.dom end)
   from (select x.host, private.website_domain(x.host) as dom
         from (select distinct split_part(y.email, '@', 2) as host from pg_temp.lead_rows y
-              where y.email is not null and y.edom is null) x) d
-  where r.edom is null and r.email is not null and split_part(r.email, '@', 2) = d.host;
+              where y.email is not null and y.edom is null and y.dom is null) x) d
+  where r.dom is null and r.edom is null and r.email is not null and split_part(r.email, '@', 2) = d.host;
   -- Only rows known by their company name alone are linked by it.
   update pg_temp.lead_rows r set ck = private.name_key(r.company_name)
   where r.email is null and r.phone is null and r.dom is null and r.external_id is null and r.ek is null;

@@ -235,7 +235,8 @@ def _normalize_chunk(args) -> tuple[list[tuple] | str, list[tuple[int, str]], li
                      lead.get("email"), lead.get("phone"), lead.get("website"), lead.get("domain_cleaned"),
                      lead.get("city"), lead.get("country"), lead.get("utm_source"), lead.get("utm_medium"),
                      lead.get("utm_campaign"), lead.get("utm_content"), lead.get("utm_term"),
-                     clean_domain(lead["email"].rsplit("@", 1)[1]) if lead.get("email") else None,
+                     # the e-mail's domain only matters when the website names none
+                     clean_domain(lead["email"].rsplit("@", 1)[1]) if lead.get("email") and not lead["domain_cleaned"] else None,
                      dumps(raw, ensure_ascii=False)))
     if batch is not None:
         return "".join(_copy_line(batch, row) for row in rows), errors, warnings, len(items)
