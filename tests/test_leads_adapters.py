@@ -246,3 +246,28 @@ async def test_mx_and_website_checks(db_url, conn, monkeypatch):
     assert o["validation"]["mx"] is False and o["validation"]["website_reachable"] is False
     assert "no_mx_record -15" in o["luna_ai_reason"] and "website_unreachable -5" in o["luna_ai_reason"]
     assert ("gulusdis.com.tr", "MX") in looked_up
+
+
+async def test_key_batcher_answers_keys_asked_while_a_bulk_call_is_in_flight():
+    """Lookups arriving while the first bulk call runs (handlers that awaited something first) are
+    answered by a later round, never left waiting."""
+    import asyncio
+
+    from worker.adapters.base import KeyBatcher
+
+    calls = []
+
+    async def fetch_many(keys):
+        calls.append(list(keys))
+        await asyncio.sleep(0.05)
+        return {k: k.upper() for k in keys}
+
+    batcher = KeyBatcher(fetch_many, limit=10)
+
+    async def late(key, delay):
+        await asyncio.sleep(delay)
+        return await batcher.get(key)
+
+    got = await asyncio.wait_for(asyncio.gather(*(late(f"k{i}", 0.02 * (i % 5)) for i in range(25))), timeout=5)
+    assert got == [f"K{i}" for i in range(25)]
+    assert len(calls) >= 2

@@ -161,11 +161,16 @@ class KeyBatcher:
         return await future
 
     async def _run(self) -> None:
-        await asyncio.sleep(self.wait)
-        pending, self._pending = self._pending, {}
-        keys = list(pending)
-        chunks = [keys[i:i + self.limit] for i in range(0, len(keys), self.limit)]
-        await asyncio.gather(*(self._call(chunk, pending) for chunk in chunks))
+        # Keys asked while a bulk call is in flight wait for the next round of this same task (get()
+        # starts no second one while it runs), so it goes on until nothing is pending.
+        while True:
+            await asyncio.sleep(self.wait)
+            pending, self._pending = self._pending, {}
+            if not pending:
+                return
+            keys = list(pending)
+            chunks = [keys[i:i + self.limit] for i in range(0, len(keys), self.limit)]
+            await asyncio.gather(*(self._call(chunk, pending) for chunk in chunks))
 
     async def _call(self, chunk: list[str], pending: dict) -> None:
         try:
