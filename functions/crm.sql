@@ -280,16 +280,19 @@ begin
       and (f_status is null or cd.status = f_status)
       and (f_stage is null or cd.stage_id = f_stage)
   ), paged as (
-    select c.*, row_number() over (partition by c.stage_id order by c.position, c.created_at, c.id) as rn
+    select c.*, row_number() over (partition by c.stage_id order by c.position, c.created_at, c.id) as rn,
+           count(*) over (partition by c.stage_id) as stage_rows
     from cards c
     where k is null or (c.position, c.created_at, c.id)
                        > ((k ->> 0)::double precision, (k ->> 1)::timestamptz, (k ->> 2)::uuid)
-  ), more as (
+  -- (materialized: each is computed once, then joined to the seven stages; inlined, the planner
+  -- re-ran the per-stage aggregate once per stage)
+  ), more as materialized (
     select q.stage_id,
            rtrim(translate(encode(convert_to(json_build_object('l', 'board', 'c', q.stage_id,
              'k', json_build_array(q.position::text, q.created_at, q.id))::text, 'UTF8'), 'base64'), E'+/\n', '-_'), '=') as next_cursor
     from paged q
-    where q.rn = n and exists (select 1 from paged r where r.stage_id = q.stage_id and r.rn = n + 1)
+    where q.rn = n and q.stage_rows > n
   ), shown as (
     select c.*,
       (select min(r.due_at) from public.reminders r
@@ -297,7 +300,7 @@ begin
       (select min(a.scheduled_at) from public.activities a
         where a.customer_id = c.customer_id and a.status = 'open' and a.scheduled_at >= now()) as next_appointment_at
     from paged c where c.rn <= n
-  ), per_stage_cards as (
+  ), per_stage_cards as materialized (
     select s.stage_id,
            json_agg(json_build_object(
              'id', s.id, 'customer_id', s.customer_id, 'customer_name', s.full_name, 'phone', s.phone,
@@ -308,7 +311,7 @@ begin
              'next_appointment_at', coalesce(s.next_appointment_at, case when s.appointment_at >= now() then s.appointment_at end),
              'unread_count', s.unread_messages, 'stage_entered_at', s.stage_entered_at) order by s.rn) as cards
     from shown s group by s.stage_id
-  ), counts as (
+  ), counts as materialized (
     select c.stage_id, count(*) as n, sum(c.value) as total from cards c group by c.stage_id
   )
   select json_build_object(
