@@ -63,3 +63,22 @@ as $$
   select case when left(value, 1) in ('=', '+', '-', '@', E'\t', E'\r') then '''' || value else value end
 $$;
 grant execute on function private.csv_text(text) to authenticated, service_role;
+
+-- Keyset cursors of the paginated lists: opaque to clients, a JSON document underneath
+-- ({"l": list, "c": context, "k": [sort keys of the last row shown]}), base64url without padding.
+-- Each list checks the document it gets back (its list, context and key types).
+create or replace function private.cursor_encode(doc jsonb) returns text
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  select rtrim(translate(encode(convert_to(doc::text, 'UTF8'), 'base64'), E'+/\n', '-_'), '=')
+$$;
+
+-- The document of a cursor; raises (any error) when it is not one, for the caller to report.
+create or replace function private.cursor_decode(cursor text) returns jsonb
+language sql immutable parallel safe
+set search_path = ''
+as $$
+  select convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb
+$$;
+grant execute on function private.cursor_encode(jsonb), private.cursor_decode(text) to authenticated, service_role;

@@ -237,7 +237,7 @@ begin
   end;
   begin
     if f_cursor is not null then
-      k := convert_from(decode(rpad(translate(f_cursor, '-_', '+/'), (length(f_cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+      k := private.cursor_decode(f_cursor);
       if jsonb_typeof(k) is distinct from 'object' or k ->> 'l' is distinct from 'board' or k ->> 'c' is distinct from f_stage::text
          or jsonb_typeof(k -> 'k') is distinct from 'array' then
         k := null;
@@ -289,8 +289,8 @@ begin
   -- re-ran the per-stage aggregate once per stage)
   ), more as materialized (
     select q.stage_id,
-           rtrim(translate(encode(convert_to(json_build_object('l', 'board', 'c', q.stage_id,
-             'k', json_build_array(q.position::text, q.created_at, q.id))::text, 'UTF8'), 'base64'), E'+/\n', '-_'), '=') as next_cursor
+           private.cursor_encode(jsonb_build_object('l', 'board', 'c', q.stage_id,
+             'k', jsonb_build_array(q.position::text, q.created_at, q.id))) as next_cursor
     from paged q
     where q.rn = n and q.stage_rows > n
   ), shown as (
@@ -524,7 +524,7 @@ begin
   perform private.crm_require_tenant();
   if cursor is not null then
     begin
-      k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+      k := private.cursor_decode(cursor);
       if jsonb_typeof(k) is distinct from 'object' or k ->> 'l' is distinct from list or k ->> 'c' is distinct from channel
          or jsonb_typeof(k -> 'k') is distinct from 'array' then
         k := null;
@@ -625,8 +625,7 @@ begin
   end;
   rows := coalesce(rows, '[]'::jsonb);
   if jsonb_array_length(rows) > n then
-    next_c := rtrim(translate(encode(convert_to(jsonb_build_object('l', list, 'c', channel, 'k', rows -> (n - 1) -> '_k')::text,
-                                              'UTF8'), 'base64'), E'+/\n', '-_'), '=');
+    next_c := private.cursor_encode(jsonb_build_object('l', list, 'c', channel, 'k', rows -> (n - 1) -> '_k'));
     rows := rows - n;
   end if;
   return jsonb_build_object('list', list, 'channel', channel, 'next_cursor', next_c,
@@ -674,9 +673,8 @@ begin
   msgs := private.crm_customer_messages(c.id, per_channel + 1);
   for ch, chan_msgs in select * from jsonb_each(msgs) loop
     if jsonb_array_length(chan_msgs) > per_channel then
-      msg_next := msg_next || jsonb_build_object(ch, rtrim(translate(encode(convert_to(jsonb_build_object('l', 'messages', 'c', ch,
-                    'k', jsonb_build_array(chan_msgs -> (per_channel - 1) -> 'at', chan_msgs -> (per_channel - 1) -> 'id'))::text,
-                    'UTF8'), 'base64'), E'+/\n', '-_'), '='));
+      msg_next := msg_next || jsonb_build_object(ch, private.cursor_encode(jsonb_build_object('l', 'messages', 'c', ch,
+                    'k', jsonb_build_array(chan_msgs -> (per_channel - 1) -> 'at', chan_msgs -> (per_channel - 1) -> 'id'))));
       chan_msgs := chan_msgs - per_channel;
     else
       msg_next := msg_next || jsonb_build_object(ch, null);

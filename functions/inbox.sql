@@ -804,7 +804,7 @@ declare
 begin
   if cursor is not null then
     begin
-      k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+      k := private.cursor_decode(cursor);
       if jsonb_typeof(k) is distinct from 'object' or k ->> 'l' is distinct from 'conversations' or k ->> 'c' is distinct from md5(f::text)
          or jsonb_typeof(k -> 'k') is distinct from 'array' then
         k := null;
@@ -839,8 +839,8 @@ begin
   end;
   rows := coalesce(rows, '[]'::jsonb);
   if jsonb_array_length(rows) > n then
-    next_c := rtrim(translate(encode(convert_to(jsonb_build_object('l', 'conversations', 'c', md5(f::text),
-                'k', rows -> (n - 1) -> '_k')::text, 'UTF8'), 'base64'), E'+/\n', '-_'), '=');
+    next_c := private.cursor_encode(jsonb_build_object('l', 'conversations', 'c', md5(f::text),
+                'k', rows -> (n - 1) -> '_k'));
     rows := rows - n;
   end if;
   return jsonb_build_object('next_cursor', next_c,
@@ -868,7 +868,7 @@ begin
   end if;
   if cursor is not null then
     begin
-      k := convert_from(decode(rpad(translate(cursor, '-_', '+/'), (length(cursor) + 3) / 4 * 4, '='), 'base64'), 'UTF8')::jsonb;
+      k := private.cursor_decode(cursor);
       if jsonb_typeof(k) is distinct from 'object' or k ->> 'l' is distinct from 'messages' or k ->> 'c' is distinct from conversation::text
          or jsonb_typeof(k -> 'k') is distinct from 'array' then
         k := null;
@@ -894,8 +894,8 @@ begin
         order by m.created_at desc, m.id desc limit n + 1) x;
   rows := coalesce(rows, '[]'::jsonb);
   if jsonb_array_length(rows) > n then
-    next_c := rtrim(translate(encode(convert_to(jsonb_build_object('l', 'messages', 'c', conversation,
-                'k', rows -> (n - 1) -> '_k')::text, 'UTF8'), 'base64'), E'+/\n', '-_'), '=');
+    next_c := private.cursor_encode(jsonb_build_object('l', 'messages', 'c', conversation,
+                'k', rows -> (n - 1) -> '_k'));
     rows := rows - n;
   end if;
   return jsonb_build_object('next_cursor', next_c,

@@ -22,7 +22,8 @@ ALLOWED = {
     # helpers of security-invoker RPCs
     "private.crm_email(raw text)", "private.crm_phone(raw text, region text)", "private.clean_email(raw text)",
     "private.clean_phone(raw text, region text)", "private.fold_identifier(raw text)",
-    "private.phone_from_digits(d text)", "private.csv_text(value text)", "private.crm_require_tenant()",
+    "private.phone_from_digits(d text)", "private.csv_text(value text)",
+    "private.cursor_encode(doc jsonb)", "private.cursor_decode(cursor text)", "private.crm_require_tenant()",
     "private.crm_require_lead_role()", "private.crm_mask_phone(p text)", "private.crm_mask_email(e text)",
     "private.crm_mask_name(n text)", "private.crm_customer_messages(customer uuid, per_channel integer)",
     "private.inbox_customer_messages(customer uuid, per_channel integer)",
