@@ -153,6 +153,7 @@ as $$
 declare
   t public.tenants;
   rules jsonb;
+  priority int;
   n_rows int;
   n_ins int := 0;
   n_dup int := 0;
@@ -169,6 +170,9 @@ begin
     raise exception 'no tenant %', tenant using errcode = 'PT404', detail = 'code=tenant_not_found';
   end if;
   rules := coalesce(t.settings #> '{leads,priority}', '{}');
+  -- the same for every row without a source time of its own: computed once, not per row (a
+  -- function with SET is never inlined, and each call pays for it)
+  priority := private.lead_priority(source, null, rules);
   perform pg_advisory_xact_lock(hashtextextended('leads:' || tenant::text, 0));
 
   create temporary table if not exists lead_rows (
@@ -185,41 +189,50 @@ begin
   truncate pg_temp.lead_rows, pg_temp.lead_groups;
 
   -- dom: the company domain -- the website's, else the e-mail's (precomputed by the bulk path, else
-  -- below); never a free-mail provider's.
-  insert into pg_temp.lead_rows (line, grp, ek, external_id, company_name, contact_name, email, phone, website, wdom,
-                                 edom, dom, city, country, utm_source, utm_medium, utm_campaign, utm_content, utm_term, raw)
-  select s.line, s.line, nullif(s.unique_lead_id, ''), nullif(s.external_id, ''), nullif(s.company_name, ''),
-         nullif(s.contact_name, ''), nullif(s.email, ''), nullif(s.phone, ''), nullif(s.website, ''),
-         nullif(s.domain_cleaned, ''), nullif(s.email_domain, ''),
-         coalesce(case when s.domain_cleaned <> all (free) then nullif(s.domain_cleaned, '') end,
-                  case when s.email_domain <> all (free) then nullif(s.email_domain, '') end),
-         nullif(s.city, ''), nullif(s.country, ''),
-         nullif(s.utm_source, ''), nullif(s.utm_medium, ''), nullif(s.utm_campaign, ''), nullif(s.utm_content, ''),
-         nullif(s.utm_term, ''), s.raw
-  from private.lead_staging s
-  where s.batch = ingest_staged.batch;
-  get diagnostics n_rows = row_count;
+  -- below); never a free-mail provider's. Acceptance in the same pass: a row needs something that
+  -- names or reaches the lead. Only rows known by their company name alone are linked by it (ck).
+  with staged as (
+    select s.line, nullif(s.unique_lead_id, '') as ek, nullif(s.external_id, '') as external_id,
+           nullif(s.company_name, '') as company_name, nullif(s.contact_name, '') as contact_name,
+           nullif(s.email, '') as email, nullif(s.phone, '') as phone, nullif(s.website, '') as website,
+           nullif(s.domain_cleaned, '') as wdom, nullif(s.email_domain, '') as edom,
+           coalesce(case when s.domain_cleaned <> all (free) then nullif(s.domain_cleaned, '') end,
+                    case when s.email_domain <> all (free) then nullif(s.email_domain, '') end) as dom,
+           nullif(s.city, '') as city, nullif(s.country, '') as country, nullif(s.utm_source, '') as utm_source,
+           nullif(s.utm_medium, '') as utm_medium, nullif(s.utm_campaign, '') as utm_campaign,
+           nullif(s.utm_content, '') as utm_content, nullif(s.utm_term, '') as utm_term, s.raw
+    from private.lead_staging s
+    where s.batch = ingest_staged.batch
+  ), ins as (
+    insert into pg_temp.lead_rows (line, grp, ek, external_id, company_name, contact_name, email, phone, website, wdom,
+                                   edom, dom, ck, city, country, utm_source, utm_medium, utm_campaign, utm_content,
+                                   utm_term, raw)
+    select x.line, x.line, x.ek, x.external_id, x.company_name, x.contact_name, x.email, x.phone, x.website, x.wdom,
+           x.edom, x.dom,
+           case when x.email is null and x.phone is null and x.dom is null and x.external_id is null and x.ek is null
+                then private.name_key(x.company_name) end,
+           x.city, x.country, x.utm_source, x.utm_medium, x.utm_campaign, x.utm_content, x.utm_term, x.raw
+    from staged x
+    where x.email is not null or x.phone is not null or x.wdom is not null or x.ek is not null
+       or x.external_id is not null or private.name_key(x.company_name) is not null
+    returning (email is not null and edom is null and dom is null) as needs_edom
+  )
+  select count(*), count(*) filter (where ins.needs_edom) into n_rows, c from ins;
   delete from private.lead_staging s where s.batch = ingest_staged.batch;
-
-  -- Acceptance: something that names or reaches the lead.
-  delete from pg_temp.lead_rows r
-  where case when r.email is null and r.phone is null and r.wdom is null and r.ek is null and r.external_id is null
-             then private.name_key(r.company_name) is null else false end;
   get diagnostics n_rej = row_count;
-  n_rows := n_rows - n_rej;
+  n_rej := n_rej - n_rows;
 
-  -- The company domain: the website's, else the e-mail's (once per distinct e-mail domain); never a
-  -- free-mail provider's.
-  update pg_temp.lead_rows r set edom = d.dom,
-         dom = coalesce(r.dom, case when not exists (select 1 from private.free_mail_domains f where f.domain = d.dom)
-                                    then d.dom end)
-  from (select x.host, private.website_domain(x.host) as dom
-        from (select distinct split_part(y.email, '@', 2) as host from pg_temp.lead_rows y
-              where y.email is not null and y.edom is null and y.dom is null) x) d
-  where r.dom is null and r.edom is null and r.email is not null and split_part(r.email, '@', 2) = d.host;
-  -- Only rows known by their company name alone are linked by it.
-  update pg_temp.lead_rows r set ck = private.name_key(r.company_name)
-  where r.email is null and r.phone is null and r.dom is null and r.external_id is null and r.ek is null;
+  -- The company domain from the e-mail where the caller did not give it (once per distinct e-mail
+  -- domain); never a free-mail provider's.
+  if c > 0 then
+    update pg_temp.lead_rows r set edom = d.dom,
+           dom = coalesce(r.dom, case when not exists (select 1 from private.free_mail_domains f where f.domain = d.dom)
+                                      then d.dom end)
+    from (select x.host, private.website_domain(x.host) as dom
+          from (select distinct split_part(y.email, '@', 2) as host from pg_temp.lead_rows y
+                where y.email is not null and y.edom is null and y.dom is null) x) d
+    where r.dom is null and r.edom is null and r.email is not null and split_part(r.email, '@', 2) = d.host;
+  end if;
 
   -- Strong links inside the batch: the smallest line of every connected set (label propagation),
   -- run over the few rows that share a value with another row.
@@ -228,13 +241,12 @@ begin
   ) on commit drop;
   truncate pg_temp.lead_links;
   with shared as materialized (
-    select u.kind, u.v from (
-      select 1 as kind, x.ek as v from pg_temp.lead_rows x where x.ek is not null
-      union all select 2, x.dom from pg_temp.lead_rows x where x.dom is not null
-      union all select 3, x.email from pg_temp.lead_rows x where x.email is not null
-      union all select 4, x.external_id from pg_temp.lead_rows x where x.external_id is not null
-      union all select 5, x.ck from pg_temp.lead_rows x where x.ck is not null
-    ) u group by u.kind, u.v having count(*) > 1
+    -- one pass over the rows: each strong identifier as (kind, value)
+    select u.kind, u.v
+    from pg_temp.lead_rows x,
+         lateral (values (1, x.ek), (2, x.dom), (3, x.email), (4, x.external_id), (5, x.ck)) u(kind, v)
+    where u.v is not null
+    group by u.kind, u.v having count(*) > 1
   )
   insert into pg_temp.lead_links (line, grp, ek, dom, email, external_id, ck)
   select r.line, r.grp, r.ek, r.dom, r.email, r.external_id, r.ck from pg_temp.lead_rows r
@@ -410,10 +422,9 @@ begin
         where g2.lead_id is null and g2.dup_g is null) m
   where g.g = m.g;
 
-  -- lead_id is set now: the merge joins below need to know how many (none on a first import).
-  if exists (select 1 from pg_temp.lead_groups g where g.lead_id is not null) then
-    analyze pg_temp.lead_groups (g, lead_id);
-  end if;
+  -- lead_id is set now: the merge joins below need to know how many (none on a first import; a
+  -- guess of "most" made them sort every row).
+  analyze pg_temp.lead_groups (g, lead_id);
 
   -- What a merge fills (empty columns) and what it would have replaced (conflicts), per lead.
   with x as materialized (
@@ -489,8 +500,9 @@ begin
     select tenant, g.k, g.company_name, g.contact_name, g.email, g.phone, g.website, g.dom, g.city,
            g.country, source, g.utm_source, g.utm_medium, g.utm_campaign, g.utm_content, g.utm_term,
            jsonb_build_object(source, r.raw), '{"identifiers": "ingest"}',
-           private.lead_priority(source, null, rules,
-                                 case when r.raw ?| array['created_time', 'created_at'] then now() - private.lead_source_time(r.raw) end),
+           case when r.raw ?| array['created_time', 'created_at']
+                then private.lead_priority(source, null, rules, now() - private.lead_source_time(r.raw))
+                else priority end,
            raw_module
     from pg_temp.lead_groups g join pg_temp.lead_rows r on r.line = g.first_line
     where g.lead_id is null and g.dup_of is null and g.dup_g is null
@@ -518,15 +530,15 @@ begin
                               utm_content, utm_term, raw, current_orchestrator_priority, processing_status, duplicate_of)
     select tenant, g.k || '~' || substr(md5(batch::text || g.first_line), 1, 10), g.company_name, g.contact_name, g.email,
            g.phone, g.website, g.dom, g.city, g.country, source, g.utm_source, g.utm_medium, g.utm_campaign, g.utm_content,
-           g.utm_term, jsonb_build_object(source, r.raw), private.lead_priority(source, null, rules),
-           'HUMAN_REVIEW_NEEDED', g.dup_of
+           g.utm_term, jsonb_build_object(source, r.raw), priority, 'HUMAN_REVIEW_NEEDED', g.dup_of
     from pg_temp.lead_groups g join pg_temp.lead_rows r on r.line = g.first_line
     where g.lead_id is null and g.dup_of is not null
     on conflict (tenant_id, unique_lead_id) do nothing
     returning id, duplicate_of, unique_lead_id
   )
   update pg_temp.lead_groups g set lead_id = ins.id, action = 'duplicate'
-  from ins where ins.unique_lead_id = g.k || '~' || substr(md5(batch::text || g.first_line), 1, 10);
+  from ins where g.lead_id is null and g.dup_of is not null
+    and ins.unique_lead_id = g.k || '~' || substr(md5(batch::text || g.first_line), 1, 10);
   get diagnostics n_dup = row_count;
   insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
   select tenant, g.lead_id, 'ingest', 'possible_duplicate', 'wait', 'HUMAN_REVIEW_NEEDED',
