@@ -28,6 +28,7 @@ import socket
 import time
 import traceback
 import uuid
+import weakref
 from datetime import datetime, timezone
 
 import psycopg
@@ -50,10 +51,21 @@ async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> Async
         # (all SQL functions) scopes itself by tenant.
         await conn.execute("set role service_role")
 
-    # check: a connection broken while it sat in the pool (server restart) is replaced, not handed out.
+    returned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def reset(conn: psycopg.AsyncConnection) -> None:
+        returned[conn] = time.monotonic()
+
+    async def check(conn: psycopg.AsyncConnection) -> None:
+        # A connection broken while it sat in the pool (server restart) is replaced, not handed out. One
+        # back within the last second is not probed: the claim loops take a connection several times a
+        # batch, and a probe each time costs them a round trip (a break that recent surfaces as an
+        # OperationalError, which the loops retry).
+        if time.monotonic() - returned.get(conn, 0.0) > 1.0:
+            await AsyncConnectionPool.check_connection(conn)
+
     pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, configure=configure,
-                               check=AsyncConnectionPool.check_connection,
-                               kwargs={"autocommit": True, "row_factory": dict_row})
+                               check=check, reset=reset, kwargs={"autocommit": True, "row_factory": dict_row})
     await pool.open(wait=True)
     return pool
 
