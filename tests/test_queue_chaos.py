@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -183,6 +184,7 @@ def own_server(tmp_path_factory):
         server.cleanup()
     finally:
         embedded._servers.pop(pgdata, None)
+        shutil.rmtree(data, ignore_errors=True)
 
 
 def test_workers_survive_a_postgres_restart_and_lose_nothing(own_server, tmp_path):
