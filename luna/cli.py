@@ -205,7 +205,11 @@ def up(host: Optional[str] = None, port: Optional[int] = None,
 @app.command()
 def bench(name: str = typer.Argument(..., help="benchmark name (see `luna bench list`)"),
           quick: bool = typer.Option(False, "--quick", help="a small run that finishes in seconds"),
-          rows: Optional[int] = typer.Option(None, "--rows", help="data size, for benches that take one (ingest)")):
+          rows: Optional[int] = typer.Option(None, "--rows", help="data size, for benches that take one (ingest)"),
+          hold_xmin: Optional[int] = typer.Option(None, "--hold-xmin", metavar="SECONDS", min=1,
+                                                  help="claim: hold a snapshot open that long while jobs drain"),
+          peers: bool = typer.Option(False, "--peers", help="claim: also drain the jobs through PgQueuer and "
+                                                            "procrastinate (pip install -e '.[bench]')")):
     """Run a benchmark; prints one JSON object as its last line."""
     from .bench import BENCHES, discover
 
@@ -220,11 +224,13 @@ def bench(name: str = typer.Argument(..., help="benchmark name (see `luna bench 
     import inspect
 
     kwargs = {"quick": quick}
-    if rows is not None:
-        if "rows" not in inspect.signature(BENCHES[name]).parameters:
-            console.print(f"[red]{name} takes no --rows[/]")
-            raise typer.Exit(2)
-        kwargs["rows"] = rows
+    for option, key, value in (("--rows", "rows", rows), ("--hold-xmin", "hold_xmin", hold_xmin),
+                               ("--peers", "peers", peers or None)):
+        if value is not None:
+            if key not in inspect.signature(BENCHES[name]).parameters:
+                console.print(f"[red]{name} takes no {option}[/]")
+                raise typer.Exit(2)
+            kwargs[key] = value
     result = BENCHES[name](**kwargs)
     print(json.dumps(result))
 

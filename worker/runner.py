@@ -1,6 +1,21 @@
 """The claim loop: one per queue per worker. Claims a batch with a lease (skip locked), runs the
 handlers concurrently, completes the successes in one call, wakes on NOTIFY and polls as a fallback.
-On shutdown it stops claiming, lets in-flight work finish for a grace period and hands back the rest."""
+On shutdown it stops claiming, lets in-flight work finish for a grace period and hands back the rest.
+
+What holds when a worker dies or the database goes away (tests/test_queue_chaos.py):
+
+- A worker killed at any moment (SIGKILL, OOM, power) loses nothing: the rows it held keep their lease
+  until it expires, then the rescuer (`Queue.rescue`, run by every worker's scheduler) hands them back and
+  another worker runs them. A handler may therefore run again after its effect was done; effects outside
+  the row are kept single by step marks (`worker/steps.py`: in the effect's own transaction where it is a
+  database write, right after the call otherwise), so the second run changes nothing.
+- A lost connection (Postgres restart, failover, network) does not stop the worker: the pool checks each
+  connection it hands out and reconnects; claim loops, the listener and the scheduler's ticks retry.
+  Settling a batch (complete, fail, snooze, release) is retried until the batch's lease would expire: each
+  of those calls only changes rows this worker still holds, so repeating one is harmless. What cannot be
+  settled in time is left to the lease and the rescuer, as for a killed worker. A claim whose answer was
+  lost may have leased rows this worker never saw: before its next claim it hands back all it holds.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +25,10 @@ import logging
 import os
 import signal
 import socket
+import time
 import traceback
 import uuid
+import weakref
 from datetime import datetime, timezone
 
 import psycopg
@@ -34,8 +51,21 @@ async def open_pool(url: str, *, min_size: int = 1, max_size: int = 10) -> Async
         # (all SQL functions) scopes itself by tenant.
         await conn.execute("set role service_role")
 
+    returned: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+    async def reset(conn: psycopg.AsyncConnection) -> None:
+        returned[conn] = time.monotonic()
+
+    async def check(conn: psycopg.AsyncConnection) -> None:
+        # A connection broken while it sat in the pool (server restart) is replaced, not handed out. One
+        # back within the last second is not probed: the claim loops take a connection several times a
+        # batch, and a probe each time costs them a round trip (a break that recent surfaces as an
+        # OperationalError, which the loops retry).
+        if time.monotonic() - returned.get(conn, 0.0) > 1.0:
+            await AsyncConnectionPool.check_connection(conn)
+
     pool = AsyncConnectionPool(url, min_size=min_size, max_size=max_size, open=False, configure=configure,
-                               kwargs={"autocommit": True, "row_factory": dict_row})
+                               check=check, reset=reset, kwargs={"autocommit": True, "row_factory": dict_row})
     await pool.open(wait=True)
     return pool
 
@@ -129,6 +159,8 @@ class Worker:
                 async with await psycopg.AsyncConnection.connect(self.url, autocommit=True) as conn:
                     for channel in channels:
                         await conn.execute(f"listen {channel}")
+                    for event in self._wake.values():  # what was notified while we were away
+                        event.set()
                     async for _ in conn.notifies():
                         for event in self._wake.values():
                             event.set()
@@ -140,9 +172,20 @@ class Worker:
 
     async def _claim_loop(self, q: Queue) -> None:
         wake = self._wake[q.name]
+        unsure = False  # the database went away during a claim or a settlement: we may hold rows we do not know
         while not self._stop.is_set():
             try:
+                if unsure:
+                    # This loop has no batch in flight, so whatever this worker holds on the queue is
+                    # unknown to it: hand it back now rather than wait for the leases to expire.
+                    await self._release(q, None)
+                    unsure = False
                 rows = await self.claim(q, self.batch)
+            except psycopg.OperationalError as exc:
+                log.warning("claim from %s: database unreachable (%s); retrying", q.name, exc)
+                unsure, rows = True, []
+                await asyncio.sleep(1)
+                continue
             except Exception as exc:
                 log.error("claim from %s failed: %s", q.name, exc)
                 rows = []
@@ -157,9 +200,11 @@ class Worker:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    # Completing the batch failed (say, a rule refused one row's move). The loop must
-                    # live on: the batch's leases expire and the rescuer hands the rows back.
+                    # Completing the batch failed (say, a rule refused one row's move, or the database
+                    # stayed away for a whole lease). The loop must live on: the batch's leases expire
+                    # and the rescuer hands the rows back.
                     log.error("settling a %s batch failed: %s", q.name, exc)
+                    unsure = isinstance(exc, psycopg.OperationalError)
                     await asyncio.sleep(1)
                     continue
                 if len(rows) >= self.batch:
@@ -191,23 +236,48 @@ class Worker:
     async def _settle(self, q: Queue, rows: list[dict], tasks: list[asyncio.Task]) -> None:
         done_ids, results, released = [], [], []
         for row, task in zip(rows, tasks):
-            if task.cancelled() or task.result() is _NOT_STARTED:
+            if task.cancelled() or (task.exception() is None and task.result() is _NOT_STARTED):
                 released.append(row["id"])
+            elif task.exception() is not None:
+                # Its failure could not be recorded (the database stayed away): the lease expires and
+                # the rescuer hands the row back. The others are settled as usual.
+                log.error("%s %s left to its lease: %s", q.name, row["id"], task.exception())
             elif isinstance(task.result(), _Done):
                 done_ids.append(row["id"])
                 result = task.result().result
                 results.append(json.dumps(result, default=str) if result is not None else None)
-        async with self.pool.connection() as conn:
-            if done_ids:
-                await conn.execute(f"select {q.complete}(%s, %s::{q.id_type}[], %s::jsonb[])",
-                                   (self.worker_id, done_ids, results))
-                self.processed += len(done_ids)
+        if done_ids:
+            await self._retrying(f"completing a {q.name} batch", self._sql,
+                                 f"select {q.complete}(%s, %s::{q.id_type}[], %s::jsonb[])",
+                                 (self.worker_id, done_ids, results))
+            self.processed += len(done_ids)
         if released:
             await self._release(q, released)
 
-    async def _release(self, q: Queue, ids: list) -> None:
+    async def _release(self, q: Queue, ids: list | None) -> None:
+        """Hand rows back (ids None: all this worker holds on q); retried briefly, else the leases expire."""
+        await self._retrying(f"handing back {q.name} rows", self._sql, f"select {q.release}(%s, %s::{q.id_type}[])",
+                             (self.worker_id, ids), budget=min(5.0, self.lease_seconds))
+
+    async def _sql(self, statement: str, params: tuple) -> None:
         async with self.pool.connection() as conn:
-            await conn.execute(f"select {q.release}(%s, %s::{q.id_type}[])", (self.worker_id, ids))
+            await conn.execute(statement, params)
+
+    async def _retrying(self, what: str, fn, *args, budget: float | None = None):
+        """fn(*args), again on a lost connection (OperationalError: the pool reconnects meanwhile) until
+        `budget` seconds (default: the lease) have passed; then the last error is raised. Only for calls
+        that are safe to repeat: the settling functions change only rows this worker still holds."""
+        deadline = time.monotonic() + (self.lease_seconds if budget is None else budget)
+        delay = 0.2
+        while True:
+            try:
+                return await fn(*args)
+            except psycopg.OperationalError as exc:
+                if time.monotonic() + delay >= deadline:
+                    raise
+                log.warning("%s: database unreachable (%s); retrying", what, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _run_one(self, q: Queue, row: dict):
         key = row.get(q.dispatch_column)
@@ -239,8 +309,7 @@ class Worker:
 
     async def _call(self, fn: str, *args) -> None:
         placeholders = ", ".join(["%s"] * (len(args) + 1))
-        async with self.pool.connection() as conn:
-            await conn.execute(f"select {fn}({placeholders})", (self.worker_id, *args))
+        await self._retrying(fn, self._sql, f"select {fn}({placeholders})", (self.worker_id, *args))
 
     async def rescue(self) -> int:
         total = 0
@@ -279,6 +348,14 @@ async def _prune_ticks(worker: "Worker") -> None:
                            "and updated_at < now() - interval '1 day'")
 
 
+async def _housekeeping(what: str, fn, *args) -> None:
+    """A scheduler duty (rescue, pruning): a lost connection is one line in the log; the next run retries."""
+    try:
+        await fn(*args)
+    except psycopg.OperationalError as exc:
+        log.warning("%s: database unreachable (%s); next run retries", what, exc)
+
+
 async def run_worker(url: str, *, with_scheduler: bool = True, stop: asyncio.Event | None = None, **kwargs) -> None:
     """`luna worker`: the claim loops plus APScheduler's cron jobs, until stop is set (or Ctrl-C)."""
     from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -290,9 +367,10 @@ async def run_worker(url: str, *, with_scheduler: bool = True, stop: asyncio.Eve
     if with_scheduler:
         from apscheduler.triggers.interval import IntervalTrigger
 
-        scheduler.add_job(worker.rescue, "interval", seconds=5, id="rescue", max_instances=1, coalesce=True)
-        scheduler.add_job(_prune_ticks, "interval", seconds=3600, args=[worker], id="prune-ticks", max_instances=1,
-                          coalesce=True)
+        scheduler.add_job(_housekeeping, "interval", seconds=5, args=["rescue", worker.rescue], id="rescue",
+                          max_instances=1, coalesce=True)
+        scheduler.add_job(_housekeeping, "interval", seconds=3600, args=["pruning ticks", _prune_ticks, worker],
+                          id="prune-ticks", max_instances=1, coalesce=True)
         epoch = datetime(1970, 1, 1, tzinfo=timezone.utc)  # intervals aligned, so all workers name the same slot
         for name, trigger, _fn in SCHEDULES:
             trigger = dict(trigger)

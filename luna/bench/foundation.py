@@ -1,8 +1,7 @@
-"""Foundation benchmarks: `rls` (policy overhead) and `claim` (queue throughput)."""
+"""Foundation benchmark `rls` (policy overhead); `claim` (queue throughput) is in claim.py."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import random
 import time
@@ -86,85 +85,3 @@ def rls(quick: bool = False) -> dict:
         "conditions": {"rows": rows, "tenants": tenants, "iterations": iterations, "page_size": 50,
                        "policy": "private.enable_rls(module permission + assignee restriction)",
                        "measured": "one transaction per request as PostgREST: set role + claims, then the query"}}
-
-
-@bench("claim")
-def claim(quick: bool = False, workers: int = 4, batch: int = 100) -> dict:
-    """N workers claiming and completing jobs (no handler work): jobs per second."""
-    from worker.registry import JOBS
-    from worker.runner import Worker
-
-    total = 10_000 if quick else 100_000
-
-    @JOBS.handler("bench.noop")
-    async def noop(ctx, job):
-        return None
-
-    with scratch_database("claim") as url:
-        with psycopg.connect(url, autocommit=True) as conn:
-            conn.execute("insert into private.jobs (kind, payload) select 'bench.noop', jsonb_build_object('i', i) "
-                         "from generate_series(1, %s) i", (total,))
-            conn.execute("vacuum analyze private.jobs")
-
-        async def run() -> float:
-            pool_workers = [Worker(url, worker_id=f"bench-{i}", batch=batch, concurrency=batch, poll_seconds=0.05,
-                                   queues=["jobs"]) for i in range(workers)]
-            t0 = time.perf_counter()
-            tasks = [asyncio.create_task(w.run()) for w in pool_workers]
-            with _progress() as progress:
-                task = progress.add_task("claiming", total=total)
-                while True:
-                    done = sum(w.processed for w in pool_workers)
-                    progress.update(task, completed=done)
-                    if done >= total:
-                        break
-                    await asyncio.sleep(0.02)
-            elapsed = time.perf_counter() - t0
-            for w in pool_workers:
-                w.stop()
-            await asyncio.gather(*tasks)
-            return elapsed
-
-        elapsed = asyncio.run(run())
-        with psycopg.connect(url) as conn:
-            succeeded = conn.execute("select count(*) from private.jobs where status = 'succeeded'").fetchone()[0]
-        baseline = asyncio.run(_bare_claim(url, total, workers, batch))
-    jobs_per_s = succeeded / elapsed
-    return {"bench": "claim", "figures": {"jobs_per_s": round(jobs_per_s), "seconds": round(elapsed, 2),
-                                          "succeeded": succeeded, "baseline_jobs_per_s": round(total / baseline),
-                                          "ratio": round(jobs_per_s / (total / baseline), 3)},
-            "conditions": {"jobs": total, "workers": workers, "batch": batch, "process": "one asyncio process",
-                           "claim": "private.claim_jobs (update … where id in (select … for update skip locked limit n))",
-                           "complete": "private.complete_jobs (one statement per batch)",
-                           "baseline": "the bare operation underneath, same run and database: the same workers "
-                                       "claiming empty rows of a plain table with update ... for update skip locked "
-                                       "limit n and completing each batch in one update (no leases, no logs)"}}
-
-
-async def _bare_claim(url: str, total: int, workers: int, batch: int) -> float:
-    """Seconds for `workers` connections to claim and complete `total` empty rows, batch by batch."""
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("drop table if exists bench_bare_jobs")
-        conn.execute("create table bench_bare_jobs (id bigint generated always as identity primary key, "
-                     "status text not null default 'queued', locked_by text)")
-        conn.execute("insert into bench_bare_jobs (status) select 'queued' from generate_series(1, %s)", (total,))
-        conn.execute("create index on bench_bare_jobs (id) where status = 'queued'")
-        conn.execute("vacuum analyze bench_bare_jobs")
-
-    async def loop(i: int) -> None:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
-            while True:
-                rows = await (await conn.execute(
-                    "update bench_bare_jobs set status = 'running', locked_by = %s where id in ("
-                    "select id from bench_bare_jobs where status = 'queued' order by id limit %s for update skip locked) "
-                    "returning id", (f"bare-{i}", batch))).fetchall()
-                if not rows:
-                    return
-                await conn.execute("update bench_bare_jobs set status = 'done' where id = any(%s)", ([r[0] for r in rows],))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(loop(i) for i in range(workers)))
-    elapsed = time.perf_counter() - t0
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute("drop table bench_bare_jobs")
-    return elapsed
