@@ -10,7 +10,8 @@ import time
 from psycopg.types.json import Jsonb
 
 from .conftest import DEMO, as_user
-from .fakes import meta_graph, serve
+from .fakes import serve
+from .fakes.graph import FakeGraph
 from .test_inbox import drain
 
 PAGE = "100000000000001"  # the demo tenant's Meta lead source (seed)
@@ -39,7 +40,7 @@ async def test_meta_lead_deleted_before_fetch_is_a_visible_failure(conn, db_url)
     job = conn.execute("select private.enqueue_job('leads.meta_fetch', %s, %s, now(), %s) as id",
                        (Jsonb({"webhook_id": webhook, "leadgen_id": leadgen, "page_id": PAGE, "form_id": "9000"}), DEMO,
                         f"meta-leadgen:{leadgen}")).fetchone()["id"]
-    app, _ = meta_graph.make_app()
+    app = FakeGraph(token="page-token").app
     with serve(app) as base:
         conn.execute("update lead_sources set config = config || %s where kind = 'meta' and tenant_id = %s",
                      (Jsonb({"access_token": "page-token", "graph_base_url": base}), DEMO))

@@ -31,7 +31,7 @@ from worker.runner import Worker, open_pool
 
 from .conftest import DEMO, as_user
 from .fakes import serve
-from .fakes.whatsapp import FakeWhatsApp
+from .fakes.graph import FakeGraph
 from .test_inbox import meta_app, post, text_message, wa_event  # noqa: F401  (meta_app is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -142,7 +142,7 @@ def run_worker(db_url, queues: list[str], until, timeout: float = 60.0, what: st
 
 
 async def _reconcile(db_url) -> int:
-    from worker.inbox import reconcile_outbound
+    from worker.inbox.send import reconcile_outbound
 
     pool = await open_pool(db_url)
     try:
@@ -243,7 +243,7 @@ def _channel_to(conn, base: str) -> None:
     from luna import secrets
 
     conn.execute("update public.channel_accounts set settings = (settings - 'rate_per_s') || %s::jsonb where id = %s",
-                 (json.dumps({"base_url": base + "/v21.0"}), WA_CHANNEL))
+                 (json.dumps({"base_url": base}), WA_CHANNEL))
     secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "test-token"})
     conn.execute("update public.conversations set last_inbound_at = now() - interval '1 hour' where id = %s", (CONVERSATION,))
 
@@ -259,7 +259,7 @@ def _queue(conn, bodies: list[str]) -> dict[str, str]:
     return out
 
 
-def _sent_bodies(fake: FakeWhatsApp) -> collections.Counter:
+def _sent_bodies(fake: FakeGraph) -> collections.Counter:
     return collections.Counter(s["body"].get("text", {}).get("body") for s in fake.sent)
 
 
@@ -271,7 +271,7 @@ def _outbound(conn, ids) -> dict[str, dict]:
 
 
 def test_killed_sender_never_sends_a_message_twice(db_url, conn, probe):
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     hold = Hold(fake.app)
     with serve(hold) as base:
         _channel_to(conn, base)
@@ -321,7 +321,7 @@ def test_killed_sender_never_sends_a_message_twice(db_url, conn, probe):
 
 
 def test_failed_settlement_goes_to_reconcile_and_is_never_resent(db_url, conn):
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     with serve(fake.app) as base:
         _channel_to(conn, base)
         ids = _queue(conn, ["Sipariş onayı", "Kargo bilgisi", "Fatura"])
@@ -375,7 +375,7 @@ def test_failed_settlement_goes_to_reconcile_and_is_never_resent(db_url, conn):
 def test_provider_refusal_is_retried_but_an_unanswered_call_is_not(db_url, conn):
     """The mark of a call in flight is cleared by a definite refusal (429: retried as before) and kept
     when the call ends without an answer the worker could read (a 200 without a message id)."""
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     with serve(fake.app) as base:
         _channel_to(conn, base)
         fake.plan(429)
@@ -408,13 +408,13 @@ def test_provider_refusal_is_retried_but_an_unanswered_call_is_not(db_url, conn)
 
 # ------------------------------------------------------------------------------------------ jobs: rep notices
 def test_killed_job_worker_sends_each_rep_notice_once(db_url, conn, probe):
-    fake = FakeWhatsApp(token="rep-token")
+    fake = FakeGraph(token="rep-token")
     with serve(fake.app) as base:
         conn.execute("update private.jobs set status = 'cancelled' where status in ('queued', 'running')")
         conn.execute("update public.profiles set phone = '+905551234567' where id = %s", (AGENT,))
         conn.execute("update public.crm_settings set settings = settings || %s::jsonb where tenant_id = %s",
                      (json.dumps({"whatsapp": {"phone_number_id": "rep-notices", "token": "rep-token",
-                                               "base_url": base + "/v21.0"}}), DEMO))
+                                               "base_url": base}}), DEMO))
         n = 8
         jobs = [conn.execute("select private.enqueue_job('crm.notify_rep', %s::jsonb, %s, now(), %s) as id",
                              (json.dumps({"channel": "whatsapp", "rep": AGENT, "customer_id": AHMET}), DEMO,

@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import DEMO, as_service, as_user
 from .fakes import serve
-from .fakes.whatsapp import FakeWhatsApp
+from .fakes.graph import FakeGraph
 
 APP_ID, APP_SECRET, VERIFY = "1234567890", "app-secret-for-tests", "verify-me"
 PHONE_ID = "demo-phone-number-1"
@@ -275,13 +275,13 @@ def _wa_channel_to(conn, base: str) -> None:
     from luna import secrets
 
     conn.execute("update public.channel_accounts set settings = settings || %s::jsonb where id = %s",
-                 (json.dumps({"base_url": base + "/v21.0", "rate_per_s": 50}), WA_CHANNEL))
+                 (json.dumps({"base_url": base, "rate_per_s": 50}), WA_CHANNEL))
     secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "test-token"})
 
 
 def test_send_retries_429_then_sends_and_permanent_error_fails(conn, db_url):
     conv = _conversation_with_window(conn, 1)
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     with serve(fake.app) as base:
         _wa_channel_to(conn, base)
         fake.plan(429)
@@ -312,7 +312,7 @@ def test_send_retries_429_then_sends_and_permanent_error_fails(conn, db_url):
 
 
 def test_template_sync_keeps_status(conn, db_url):
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     fake.templates = [
         {"name": "kampanya_duyuru", "language": "tr", "status": "APPROVED", "category": "MARKETING", "id": "5551",
          "components": [{"type": "BODY", "text": "Merhaba {{1}}, {{2}} indirimi başladı!"}]},
@@ -323,7 +323,7 @@ def test_template_sync_keeps_status(conn, db_url):
         conn.execute("update public.channel_accounts set settings = settings || '{\"waba_id\": \"w1\"}' where id = %s", (WA_CHANNEL,))
 
         async def run():
-            from worker.inbox import sync_templates
+            from worker.inbox.sync import sync_templates
             from worker.runner import Worker
 
             w = Worker(db_url, queues=["inbox_outbound"], worker_id="t")
@@ -409,7 +409,7 @@ def test_realtime_topics_and_guard(client, conn, db_url, meta_app):
 
 def test_status_that_overtakes_the_send_answer_is_applied(client, conn, db_url, meta_app):
     conv = _conversation_with_window(conn, 1)
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     fake.next_ids.append("wamid.EARLY1")
     # The 'delivered' webhook arrives before our send call has returned the id.
     post(client, wa_event(statuses=[{"id": "wamid.EARLY1", "status": "delivered", "timestamp": now_ts(),
@@ -466,7 +466,7 @@ def test_claim_spaces_sends_by_number_and_tenant_kind_limits(conn):
 def test_agent_downloads_inbound_media_through_edge(client, conn, db_url, meta_app):
     from .conftest import token_for
 
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     jpeg = b"\xff\xd8\xff\xe0" + b"x" * 1000
     fake.media["1479537139650973"] = ("image/jpeg", jpeg)
     with serve(fake.app) as base:

@@ -194,7 +194,7 @@ def _configure(conn, imap, smtp=None):
 
 
 def _sync(db_url):
-    from worker.inbox import sync_mailbox
+    from worker.inbox.sync import sync_mailbox
     from worker.runner import Worker
 
     async def run():

@@ -1,5 +1,7 @@
 """The shared HTTP adapter: configurable base URL, timeouts, retries with backoff (honouring
-Retry-After), JSON validation, optional circuit breaker. Each provider subclasses it."""
+Retry-After), JSON validation, optional circuit breaker. Each provider subclasses it (worker/adapters/,
+luna/channels/graph.py). It lives in the core because edge (the media proxy) and the worker both call
+providers through it."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ from typing import Any
 
 import httpx
 
-from ..breaker import Breaker
-from ..errors import JobError, Permanent
+from luna.errors import JobError, Permanent
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -25,12 +26,13 @@ class AdapterError(JobError):
 
 
 class HttpAdapter:
-    #: module name used for the circuit breaker and metrics (e.g. "apollo", "whatsapp")
+    #: module name used for the circuit breaker and metrics (e.g. "apollo", "meta"); the breaker is any
+    #: object with an async context manager guard(module) (worker/breaker.py)
     module: str = "http"
     default_base_url: str = ""
 
     def __init__(self, base_url: str | None = None, *, timeout: float = 10.0, retries: int = 2,
-                 backoff: float = 0.5, max_backoff: float = 8.0, breaker: Breaker | None = None,
+                 backoff: float = 0.5, max_backoff: float = 8.0, breaker=None,
                  client: httpx.AsyncClient | None = None, headers: dict[str, str] | None = None):
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         self.timeout = timeout
