@@ -64,6 +64,7 @@ create or replace function private.lead_webhook_settle(webhook bigint, lead uuid
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_variable
 begin
   if lead is not null then
     update private.lead_webhooks set status = 'processed', lead_id = lead, error = null where id = webhook;
@@ -83,6 +84,7 @@ create or replace function private.lead_source_pulled(source uuid, counts jsonb,
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_variable
 declare
   s public.lead_sources;
 begin
@@ -163,6 +165,7 @@ create or replace function private.conversion_event_attempted(event uuid, error 
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_variable
 begin
   update public.conversion_events
   set attempts = attempts + 1,
@@ -180,6 +183,7 @@ create or replace function private.template_submitted(template uuid, answer json
 language plpgsql
 set search_path = ''
 as $$
+#variable_conflict use_variable
 begin
   if refusal is not null then
     update public.message_templates set status = 'REJECTED', rejected_reason = left(refusal, 500) where id = template;

@@ -408,26 +408,37 @@ def test_provider_refusal_is_retried_but_an_unanswered_call_is_not(db_url, conn)
 
 # ------------------------------------------------------------------------------------------ jobs: rep notices
 def test_killed_job_worker_sends_each_rep_notice_once(db_url, conn, probe):
+    """Rep notices are outbound messages (issue 11, item 3): a job worker killed after queueing them
+    queues nothing twice on the retry (the job's idempotency key), and each is sent once."""
+    from luna import secrets
+
     fake = FakeGraph(token="rep-token")
     with serve(fake.app) as base:
         conn.execute("update private.jobs set status = 'cancelled' where status in ('queued', 'running')")
         conn.execute("update public.profiles set phone = '+905551234567' where id = %s", (AGENT,))
-        conn.execute("update public.crm_settings set settings = settings || %s::jsonb where tenant_id = %s",
-                     (json.dumps({"whatsapp": {"phone_number_id": "rep-notices", "token": "rep-token",
-                                               "base_url": base}}), DEMO))
+        conn.execute("update public.channel_accounts set settings = settings || %s::jsonb where id = %s",
+                     (json.dumps({"base_url": base, "rate_per_s": 50}), WA_CHANNEL))
+        secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "rep-token"})
+        # The rep wrote to the business number within 24 hours: free-form notices may go to them.
+        contact = conn.execute("insert into public.contacts (tenant_id, channel, handle) values (%s, 'whatsapp', "
+                               "'905551234567') returning id", (DEMO,)).fetchone()["id"]
+        conn.execute("insert into public.conversations (tenant_id, channel_account_id, contact_id, labels, last_inbound_at) "
+                     "values (%s, %s, %s, '{staff}', now())", (DEMO, WA_CHANNEL, contact))
         n = 8
+        keys = [f"crm.notify_rep:whatsapp:kill-{i}" for i in range(n)]
         jobs = [conn.execute("select private.enqueue_job('crm.notify_rep', %s::jsonb, %s, now(), %s) as id",
                              (json.dumps({"channel": "whatsapp", "rep": AGENT, "customer_id": AHMET}), DEMO,
-                              f"crm.notify_rep:whatsapp:kill-{i}")).fetchone()["id"] for i in range(n)]
+                              key)).fetchone()["id"] for key in keys]
 
         kill_mid_batch(db_url, "jobs", "crm.notify_rep", lambda: probe() >= n)
-        assert len(fake.sent) == n
         assert expire_and_rescue(conn, "private.jobs", "private.rescue_jobs") == n
-        run_worker(db_url, ["jobs"], lambda w: conn.execute(
+        run_worker(db_url, ["jobs", "inbox_outbound"], lambda w: len(fake.sent) >= n and conn.execute(
             "select count(*) as n from private.jobs where id = any(%s) and status = 'succeeded'", (jobs,)).fetchone()["n"] == n,
-            what="the notices to succeed")
+            what="the notices to be queued and sent")
+        assert conn.execute("select count(*) as n from public.outbound_messages where idempotency_key = any(%s)",
+                            (keys,)).fetchone()["n"] == n
         assert len(fake.sent) == n, f"{len(fake.sent)} notices for {n} jobs"
-        assert all(s["body"]["to"] == "+905551234567" for s in fake.sent)
+        assert all(s["body"]["to"] == "905551234567" and s["phone_number_id"] == "demo-phone-number-1" for s in fake.sent)
 
 
 # ------------------------------------------------------------------------------------------ inbound
