@@ -153,3 +153,52 @@ def client(db_url):
 
     with TestClient(create_app(db_url), raise_server_exceptions=False) as c:
         yield c
+
+
+# ------------------------------------------------------------------------------------------ workers
+async def run_workers(db_url, until, *, queues=None, n_workers=1, timeout=30.0, poll_seconds=0.05,
+                      what="the workers", worker_class=None, with_workers=False, **kw):
+    """Run `n_workers` real workers (worker.runner.Worker, handlers as shipped, in this process) on
+    `queues` until `until()` holds (a function or a coroutine function; `until(workers)` with
+    with_workers=True); fails after `timeout` seconds, or at once when a worker stops with an error.
+    Returns the workers (stopped). Other keywords go to the Worker (batch, concurrency, ...)."""
+    import asyncio
+    import inspect
+    import time
+
+    from worker.runner import Worker
+
+    cls = worker_class or Worker
+    if queues is not None:
+        kw["queues"] = queues
+    workers = [cls(db_url, worker_id=f"w{i}", poll_seconds=poll_seconds, **kw) for i in range(n_workers)]
+    tasks = [asyncio.create_task(w.run()) for w in workers]
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            done = until(workers) if with_workers else until()
+            if inspect.isawaitable(done):
+                done = await done
+            if done:
+                return workers
+            for task in tasks:
+                if task.done():
+                    task.result()  # a worker that crashed: its error, not a timeout
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+    finally:
+        for w in workers:
+            w.stop()
+        await asyncio.gather(*tasks)
+
+
+async def in_worker(db_url, call, queues=("jobs",)):
+    """`await call(context)` with a started worker's context (pool, breaker, adapters), then close it."""
+    from worker.runner import Worker
+
+    w = Worker(db_url, queues=list(queues), worker_id="test-context")
+    await w.start()
+    try:
+        return await call(w.context)
+    finally:
+        await w.close()

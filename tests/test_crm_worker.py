@@ -1,8 +1,6 @@
 """The CRM's worker side: LUNA Module 4.1 (qualified leads into the CRM), due reminders, the Zoho
 outbound sync against a fake, and rep notices."""
 
-import asyncio
-import time
 
 import psycopg
 import pytest
@@ -10,9 +8,9 @@ from psycopg.types.json import Jsonb
 
 from worker.errors import JobError
 from worker.registry import Context
-from worker.runner import Worker, open_pool
+from worker.runner import open_pool
 
-from .conftest import DEMO, as_user
+from .conftest import DEMO, as_user, run_workers
 from .fakes import serve
 from .fakes.zoho import create_app as zoho_app
 
@@ -31,16 +29,7 @@ def add_lead(conn, key, category="HOT", phone=None, email=None, name="Test Kişi
 
 
 async def run_until(db_url, until, queues, timeout=30):
-    w = Worker(db_url, worker_id="crm-test", poll_seconds=0.1, queues=queues)
-    task = asyncio.create_task(w.run())
-    deadline = time.monotonic() + timeout
-    try:
-        while not await until():
-            assert time.monotonic() < deadline, "timed out waiting for the worker"
-            await asyncio.sleep(0.05)
-    finally:
-        w.stop()
-        await task
+    await run_workers(db_url, until, queues=queues, timeout=timeout, poll_seconds=0.1)
 
 
 async def fetch(db_url, sql, *args):

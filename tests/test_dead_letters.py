@@ -4,12 +4,9 @@ deleted before it was fetched marks its webhook record failed with the Graph API
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from psycopg.types.json import Jsonb
 
-from .conftest import DEMO, as_user
+from .conftest import DEMO, as_user, run_workers
 from .fakes import serve
 from .fakes.graph import FakeGraph
 from .test_inbox import drain
@@ -18,18 +15,7 @@ PAGE = "100000000000001"  # the demo tenant's Meta lead source (seed)
 
 
 async def _run_jobs(db_url, until, timeout=30):
-    from worker.runner import Worker
-
-    w = Worker(db_url, worker_id="dead-letter-test", poll_seconds=0.05, queues=["jobs"])
-    task = asyncio.create_task(w.run())
-    deadline = time.monotonic() + timeout
-    try:
-        while not until():
-            assert time.monotonic() < deadline, "timed out waiting for the worker"
-            await asyncio.sleep(0.05)
-    finally:
-        w.stop()
-        await task
+    await run_workers(db_url, until, queues=["jobs"], timeout=timeout)
 
 
 async def test_meta_lead_deleted_before_fetch_is_a_visible_failure(conn, db_url):

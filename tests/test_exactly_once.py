@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from worker.registry import Context
 from worker.runner import Worker, open_pool
 
-from .conftest import DEMO, as_user
+from .conftest import DEMO, as_user, run_workers
 from .fakes import serve
 from .fakes.graph import FakeGraph
 from .test_inbox import meta_app, post, text_message, wa_event  # noqa: F401  (meta_app is a fixture)
@@ -124,21 +124,8 @@ class CountingWorker(Worker):
 def run_worker(db_url, queues: list[str], until, timeout: float = 60.0, what: str = "the queue to settle") -> None:
     """A healthy worker (in this process, handlers as shipped) runs the queues until `until(worker)`."""
 
-    async def main():
-        w = CountingWorker(db_url, queues=queues, worker_id="after-the-kill", poll_seconds=0.1, concurrency=32)
-        task = asyncio.create_task(w.run())
-        deadline = time.monotonic() + timeout
-        try:
-            while not until(w):
-                if task.done():
-                    task.result()
-                assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                await asyncio.sleep(0.1)
-        finally:
-            w.stop()
-            await task
-
-    asyncio.run(main())
+    asyncio.run(run_workers(db_url, lambda workers: until(workers[0]), with_workers=True, queues=queues,
+                            timeout=timeout, what=what, worker_class=CountingWorker, poll_seconds=0.1, concurrency=32))
 
 
 async def _reconcile(db_url) -> int:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from .conftest import DEMO, as_service, as_user
+from .conftest import DEMO, as_service, as_user, in_worker
 from .fakes import serve
 from .fakes.graph import FakeGraph
 
@@ -322,18 +322,9 @@ def test_template_sync_keeps_status(conn, db_url):
         _wa_channel_to(conn, base)
         conn.execute("update public.channel_accounts set settings = settings || '{\"waba_id\": \"w1\"}' where id = %s", (WA_CHANNEL,))
 
-        async def run():
-            from worker.inbox.sync import sync_templates
-            from worker.runner import Worker
+        from worker.inbox.sync import sync_templates
 
-            w = Worker(db_url, queues=["inbox_outbound"], worker_id="t")
-            await w.start()
-            try:
-                return await sync_templates(w.context, WA_CHANNEL)
-            finally:
-                await w.close()
-
-        assert asyncio.run(run()) == 2
+        assert asyncio.run(in_worker(db_url, lambda ctx: sync_templates(ctx, WA_CHANNEL))) == 2
     rows = {r["name"]: r for r in conn.execute("select * from public.message_templates where channel_account_id = %s",
                                                (WA_CHANNEL,)).fetchall()}
     assert rows["kampanya_duyuru"]["variables"] == 2 and rows["kampanya_duyuru"]["status"] == "APPROVED"

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEMO, as_user
+from .conftest import DEMO, as_user, in_worker
 from .fakes import free_port
 from .test_inbox import drain
 
@@ -195,17 +195,8 @@ def _configure(conn, imap, smtp=None):
 
 def _sync(db_url):
     from worker.inbox.sync import sync_mailbox
-    from worker.runner import Worker
 
-    async def run():
-        w = Worker(db_url, queues=["inbox_inbound"], worker_id="t-imap")
-        await w.start()
-        try:
-            return await sync_mailbox(w.context, EMAIL_CHANNEL)
-        finally:
-            await w.close()
-
-    result = asyncio.run(run())
+    result = asyncio.run(in_worker(db_url, lambda ctx: sync_mailbox(ctx, EMAIL_CHANNEL)))
     drain(db_url)
     return result
 

@@ -7,7 +7,7 @@ import asyncio
 import json
 import time
 
-from .conftest import DEMO2, as_user
+from .conftest import DEMO2, as_user, in_worker
 from .fakes import serve
 from .fakes.graph import FakeGraph
 from .test_inbox import drain, meta_app, post  # noqa: F401  (fixture)
@@ -64,16 +64,11 @@ def test_insights_sync_and_conversions_api_dedup(conn, db_url):
         _point(conn, wa2, base, {"pixel_id": "990000000002", "waba_id": "waba-2"})
         conn.execute("update public.ad_accounts set channel_account_id = %s where id = '00000000-0000-4000-8006-000000000261'", (wa2,))
 
-        async def sync():
-            from worker.inbox.sync import sync_insights
-            from worker.runner import Worker
+        from worker.inbox.sync import sync_insights
 
-            w = Worker(db_url, queues=["jobs"], worker_id="t-meta")
-            await w.start()
-            try:
-                return await sync_insights(w.context, "00000000-0000-4000-8006-000000000261", "2026-11-20", "2026-11-21")
-            finally:
-                await w.close()
+        def sync():
+            return in_worker(db_url, lambda ctx: sync_insights(ctx, "00000000-0000-4000-8006-000000000261",
+                                                               "2026-11-20", "2026-11-21"))
 
         assert asyncio.run(sync()) == 3
         assert asyncio.run(sync()) == 3  # a re-sync updates, never duplicates
