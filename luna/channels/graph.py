@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 
-from .http import AdapterError, HttpAdapter, _retry_after, require
+from .http import AdapterError, HttpAdapter, require
 
 GRAPH_VERSION = "v21.0"
 
@@ -61,14 +61,11 @@ def is_bsuid(value: Any) -> bool:
 
 
 class GraphAdapter(HttpAdapter):
-    """The Graph API. Retries default to none: the queues retry sends visibly, with their own backoff."""
+    """The Graph API (every Graph caller's error handling: classify)."""
 
     module = "meta"
     default_base_url = "https://graph.facebook.com"
-
-    def __init__(self, base_url: str | None = None, **kwargs):
-        kwargs.setdefault("retries", 0)
-        super().__init__(base_url, **kwargs)
+    default_retries = 0  # the outbound queue retries, visibly
 
     def classify(self, response: httpx.Response, body: Any) -> AdapterError | None:
         if response.is_success:
@@ -81,9 +78,7 @@ class GraphAdapter(HttpAdapter):
         message = error.get("message") or error.get("error_user_msg") or "error"
         if details and details not in message:
             message = f"{message} ({details})"
-        retryable = response.status_code in (429, 500, 502, 503, 504) or code in RETRYABLE_CODES
-        return AdapterError(f"code={code}: {message}", status=response.status_code, retryable=retryable,
-                            code=str(code), retry_after=_retry_after(response), body=body)
+        return self.coded_error(response, code, message, body, RETRYABLE_CODES)
 
     async def call(self, method: str, path: str, token: str, **kwargs) -> Any:
         """One Graph call: `path` is relative to the version ("/{object-id}/messages"); a full URL (a

@@ -17,10 +17,7 @@ from luna.channels.http import AdapterError, HttpAdapter
 class TelegramAdapter(HttpAdapter):
     module = "telegram"
     default_base_url = "https://api.telegram.org"
-
-    def __init__(self, base_url: str | None = None, **kwargs):
-        kwargs.setdefault("retries", 0)
-        super().__init__(base_url, **kwargs)
+    default_retries = 0  # the outbound queue retries, visibly
 
     def classify(self, response: httpx.Response, body: Any) -> AdapterError | None:
         if isinstance(body, dict) and body.get("ok") is False:

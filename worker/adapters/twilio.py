@@ -12,7 +12,7 @@ from typing import Any
 
 import httpx
 
-from luna.channels.http import AdapterError, HttpAdapter, _retry_after, require
+from luna.channels.http import AdapterError, HttpAdapter, require
 
 # 20429: too many requests; 30001: queue overflow (both transient).
 RETRYABLE_CODES = {20429, 30001}
@@ -21,20 +21,14 @@ RETRYABLE_CODES = {20429, 30001}
 class TwilioAdapter(HttpAdapter):
     module = "twilio"
     default_base_url = "https://api.twilio.com"
-
-    def __init__(self, base_url: str | None = None, **kwargs):
-        kwargs.setdefault("retries", 0)
-        super().__init__(base_url, **kwargs)
+    default_retries = 0  # the outbound queue retries, visibly
 
     def classify(self, response: httpx.Response, body: Any) -> AdapterError | None:
         if response.is_success:
             return None
         if not isinstance(body, dict) or "code" not in body:
             return super().classify(response, body)
-        code = body.get("code")
-        retryable = response.status_code in (429, 500, 502, 503, 504) or code in RETRYABLE_CODES
-        return AdapterError(f"code={code}: {body.get('message')}", status=response.status_code, retryable=retryable,
-                            code=str(code), retry_after=_retry_after(response), body=body)
+        return self.coded_error(response, body.get("code"), body.get("message"), body, RETRYABLE_CODES)
 
     async def send(self, account_sid: str, auth_token: str, sender: str, to: str, body: str,
                    status_callback: str | None = None) -> str:
