@@ -266,7 +266,7 @@ grant execute on function private.queue_staff_message(uuid, uuid, text, text, te
  * queued to the rep through the tenant's channel of that kind (crm_settings.settings.notify_channels.<kind>,
  * else the tenant's oldest active channel account of the kind) by private.queue_staff_message. A WhatsApp
  * notice outside the rep's 24-hour window is the approved template crm_settings.settings.whatsapp.template
- * ({"name", "language"}; variables: customer name, phone, source) when one is set. Returns
+ * ({"name", "language"}; variables: customer name, phone, source, as many as it has) when one is set. Returns
  * {"message_id", "status", "channel_account_id"}, or {"skipped": reason} when the tenant has no such
  * channel or the rep no address on it.
  */
@@ -295,10 +295,15 @@ begin
   select * into c from public.customers x where x.id = customer and x.tenant_id = tenant;
   text_body := format('Yeni HOT lead size atandı: %s %s (%s)', c.full_name, coalesce(c.phone, ''), coalesce(c.source, '-'));
   if settings -> 'whatsapp' -> 'template' ->> 'name' is not null then
+    -- As many of (customer name, phone, source) as the template has variables.
     tpl := jsonb_build_object('name', settings -> 'whatsapp' -> 'template' ->> 'name',
-                              'language', coalesce(settings -> 'whatsapp' -> 'template' ->> 'language', 'tr'),
-                              'variables', jsonb_build_array(coalesce(c.full_name, '-'), coalesce(c.phone, '-'),
-                                                             coalesce(c.source, '-')));
+                              'language', coalesce(settings -> 'whatsapp' -> 'template' ->> 'language', 'tr'));
+    tpl := tpl || jsonb_build_object('variables', coalesce((
+      select jsonb_agg(v.value order by v.i) from unnest(array[coalesce(c.full_name, '-'), coalesce(c.phone, '-'),
+                                                               coalesce(c.source, '-')]) with ordinality v(value, i)
+      where v.i <= (select t.variables from public.message_templates t
+                    where t.channel_account_id = channel and t.name = tpl ->> 'name' and t.language = tpl ->> 'language'
+                    order by (t.status = 'APPROVED') desc limit 1)), '[]'));
   end if;
   begin
     msg := private.queue_staff_message(channel, rep, text_body, idempotency_key, 'LUNA: yeni müşteri ataması', tpl);

@@ -108,6 +108,14 @@ async def test_due_reminders_and_rep_notices(db_url, conn):
         with pytest.raises(JobError, match="outside_24h_window") as refused:
             await notify_rep(ctx, notice)
         assert not refused.value.retryable
+        # ... unless an approved template is configured: then the notice is that template.
+        conn.execute("update crm_settings set settings = settings || %s where tenant_id = %s",
+                     (Jsonb({"whatsapp": {"template": {"name": "randevu_hatirlatma", "language": "tr"}}}), DEMO))
+        queued = await notify_rep(ctx, {**notice, "id": 434343})
+        request = conn.execute("select request from outbound_messages where message_id = %s",
+                               (queued["message_id"],)).fetchone()["request"]
+        assert request["type"] == "template" and request["to"] == "905551234567"
+        assert request["template"]["name"] == "randevu_hatirlatma" and len(request["template"]["variables"]) == 2
         # The e-mail notice is a queued message of the tenant's e-mail channel, in the rep's staff
         # conversation; the same job again queues nothing more.
         mail = {"tenant_id": DEMO, "id": 424242, "payload": {"channel": "email", "rep": AGENT, "customer_id": AHMET}}

@@ -106,6 +106,31 @@ def test_bad_signature_is_401_and_stored_nowhere(client, conn, meta_app):
     assert conn.execute("select count(*) as n from public.messages where provider_message_id = 'wamid.BAD1'").fetchone()["n"] == 0
 
 
+def test_one_meta_webhook_at_both_urls(client, conn, meta_app, monkeypatch):
+    """The registered app's URL and the default app's (/v1/leads/webhooks/meta) are one implementation:
+    either takes Lead Ads changes and messaging events, with the same errors."""
+    leadgen = {"object": "page", "entry": [{"id": "100000000000001", "time": 1764000000, "changes": [
+        {"field": "leadgen", "value": {"leadgen_id": "4444000000777", "page_id": "100000000000001", "form_id": "9000"}}]}]}
+    r = post(client, leadgen)
+    assert r.status_code == 200 and r.json() == {"received": True, "leadgen": {"received": 1, "stored": 1, "queued": 1}}
+    assert conn.execute("select count(*) as n from private.jobs where kind = 'leads.meta_fetch' "
+                        "and payload ->> 'leadgen_id' = '4444000000777'").fetchone()["n"] == 1
+    assert conn.execute("select count(*) as n from private.inbound_events").fetchone()["n"] == 0
+    monkeypatch.delenv("LUNA_META_APP_SECRET", raising=False)
+    body = json.dumps(wa_event([text_message("wamid.ALIAS1")])).encode()
+    r = client.post("/v1/leads/webhooks/meta", content=body, headers={"X-Hub-Signature-256": sign(body, "default")})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_configured"
+    monkeypatch.setenv("LUNA_META_APP_SECRET", "default")
+    r = client.post("/v1/leads/webhooks/meta", content=body, headers={"X-Hub-Signature-256": sign(body, "default")})
+    assert r.status_code == 200 and r.json()["duplicate"] is False
+    assert conn.execute("select provider from private.inbound_events").fetchone()["provider"] == "whatsapp"
+    raw = b'{"entry": [ {broken'
+    r = client.post("/v1/leads/webhooks/meta", content=raw, headers={"X-Hub-Signature-256": sign(raw, "default")})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body"
+    r = client.post("/v1/webhooks/meta/no-such-app", content=body, headers={"X-Hub-Signature-256": sign(body)})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "bad_signature"
+
+
 def test_malformed_body_is_400_and_kept(client, conn, meta_app):
     raw = b'{"object": "whatsapp_business_account", "entry": [ {broken'
     r = post(client, None, raw=raw)
