@@ -202,3 +202,87 @@ async def in_worker(db_url, call, queues=("jobs",)):
         return await call(w.context)
     finally:
         await w.close()
+
+
+# ------------------------------------------------------------------------------------------ realtime
+class SseStream:
+    """Reads edge's realtime stream (GET /v1/realtime/stream, server-sent events) in a thread: every
+    (event, data) in order in `items`; `status` and `error` (the JSON body of a refusal), `joined` (set on
+    the joined event or a refusal) and `ended` (the server closed the stream)."""
+
+    def __init__(self, base, token, topics, *, wait_joined=True, read_timeout=60):
+        import queue
+        import threading
+
+        self.items: "queue.Queue[tuple[str, dict]]" = queue.Queue()
+        self.seen: list[tuple[str, dict]] = []
+        self.status = None
+        self.error = None
+        self.joined = threading.Event()
+        self.ended = threading.Event()
+        self._stop = False
+        threading.Thread(target=self._run, args=(base, token, topics, read_timeout), daemon=True).start()
+        if wait_joined:
+            assert self.joined.wait(10)
+
+    def _run(self, base, token, topics, read_timeout):
+        import httpx
+
+        try:
+            with httpx.Client(timeout=httpx.Timeout(10, read=read_timeout)) as c:
+                with c.stream("GET", f"{base}/v1/realtime/stream", params={"topics": topics, "access_token": token}) as r:
+                    self.status = r.status_code
+                    if r.status_code != 200:
+                        self.error = json.loads(r.read())
+                        return
+                    event = None
+                    for line in r.iter_lines():
+                        if self._stop:
+                            return
+                        if line.startswith("event: "):
+                            event = line[7:]
+                        elif line.startswith("data: "):
+                            if event == "joined":
+                                self.joined.set()
+                            self.items.put((event, json.loads(line[6:])))
+        except httpx.HTTPError:
+            if not self._stop:  # the server going away at the end of a test is expected
+                raise
+        finally:
+            self.ended.set()
+            self.joined.set()
+
+    def next(self, timeout=15) -> tuple[str, dict]:
+        item = self.items.get(timeout=timeout)
+        self.seen.append(item)
+        return item
+
+    def until(self, event: str, timeout=15) -> tuple[str, dict]:
+        while True:
+            item = self.next(timeout)
+            if item[0] == event:
+                return item
+
+    def data(self, timeout=15) -> dict:
+        """The data of the next event after the join."""
+        while True:
+            event, data = self.next(timeout)
+            if event != "joined":
+                return data
+
+    def quiet(self) -> bool:
+        """No event beyond the join is waiting."""
+        while not self.items.empty():
+            if self.next()[0] != "joined":
+                return False
+        return True
+
+    def rest(self) -> list[tuple[str, dict]]:
+        """Everything up to the end of a stream the server closed."""
+        assert self.ended.wait(15), "the server did not end the stream"
+        while not self.items.empty():
+            self.seen.append(self.items.get_nowait())
+        return self.seen
+
+    def close(self):
+        self._stop = True
