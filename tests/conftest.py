@@ -286,3 +286,45 @@ class SseStream:
 
     def close(self):
         self._stop = True
+
+
+# ------------------------------------------------------------------------------------------ waiting, SMTP
+def wait_for(predicate, timeout=60.0, what="condition", fail=True):
+    """Poll `predicate()` every 0.1 s until it is truthy (its value) or `timeout` seconds pass (an
+    AssertionError naming `what`, or None with fail=False)."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    if fail:
+        raise AssertionError(f"timed out waiting for {what}")
+    return None
+
+
+@pytest.fixture
+def smtp_server():
+    """A real SMTP server (aiosmtpd) that keeps what it receives."""
+    from aiosmtpd.controller import Controller
+
+    class Keep:
+        def __init__(self):
+            self.messages = []
+
+        async def handle_DATA(self, server, session, envelope):
+            self.messages.append(envelope)
+            return "250 OK"
+
+    handler = Keep()
+    from .fakes import free_port
+
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield {"host": "127.0.0.1", "port": port, "handler": handler}
+    finally:
+        controller.stop()

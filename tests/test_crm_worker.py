@@ -161,40 +161,23 @@ async def test_stage_moves_sync_to_zoho_idempotently(db_url, conn):
         assert conn.execute("select count(*) as n from private.crm_external_refs").fetchone()["n"] == 2
 
 
-async def test_rep_gets_an_email_when_configured(db_url, conn):
-    from aiosmtpd.controller import Controller
+async def test_rep_gets_an_email_when_configured(db_url, conn, smtp_server):
+    handler, port = smtp_server["handler"], smtp_server["port"]
+    conn.execute("update crm_settings set notify_email = true where tenant_id = %s", (DEMO,))
+    # The notice goes out through the tenant's e-mail channel (the outbound queue), to this server.
+    conn.execute("update channel_accounts set settings = settings || %s where tenant_id = %s and kind = 'email'",
+                 (Jsonb({"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_auth": False}), DEMO))
+    lead = add_lead(conn, "p:+905321112233", phone="+905321112233", name="Ahmet Y.", status="QUALIFIED")
+    conn.execute("update leads set next_orchestrator_module = null where id = %s", (lead,))  # not via the queue
+    conn.execute("set role service_role")
+    assert conn.execute("select private.sync_lead_to_crm(%s) as r", (lead,)).fetchone()["r"]["rep"] == AGENT
+    conn.execute("reset role")
 
-    from .fakes import free_port
+    async def sent():
+        row = await fetch(db_url, "select count(*) filter (where status = 'succeeded'), count(*) from private.jobs where kind = 'crm.notify_rep'")
+        return row[1] == 1 and row[0] == 1 and len(handler.messages) == 1
 
-    class Keep:
-        def __init__(self):
-            self.messages = []
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append(envelope)
-            return "250 OK"
-
-    handler, port = Keep(), free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        conn.execute("update crm_settings set notify_email = true where tenant_id = %s", (DEMO,))
-        # The notice goes out through the tenant's e-mail channel (the outbound queue), to this server.
-        conn.execute("update channel_accounts set settings = settings || %s where tenant_id = %s and kind = 'email'",
-                     (Jsonb({"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_auth": False}), DEMO))
-        lead = add_lead(conn, "p:+905321112233", phone="+905321112233", name="Ahmet Y.", status="QUALIFIED")
-        conn.execute("update leads set next_orchestrator_module = null where id = %s", (lead,))  # not via the queue
-        conn.execute("set role service_role")
-        assert conn.execute("select private.sync_lead_to_crm(%s) as r", (lead,)).fetchone()["r"]["rep"] == AGENT
-        conn.execute("reset role")
-
-        async def sent():
-            row = await fetch(db_url, "select count(*) filter (where status = 'succeeded'), count(*) from private.jobs where kind = 'crm.notify_rep'")
-            return row[1] == 1 and row[0] == 1 and len(handler.messages) == 1
-
-        await run_until(db_url, sent, ["jobs", "inbox_outbound"])
-        assert len(handler.messages) == 1
-        mail = handler.messages[0]
-        assert mail.rcpt_tos == ["agent@demo.luna.local"] and "Ahmet" in mail.content.decode()
-    finally:
-        controller.stop()
+    await run_until(db_url, sent, ["jobs", "inbox_outbound"])
+    assert len(handler.messages) == 1
+    mail = handler.messages[0]
+    assert mail.rcpt_tos == ["agent@demo.luna.local"] and "Ahmet" in mail.content.decode()

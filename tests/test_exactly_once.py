@@ -29,7 +29,7 @@ from fastapi import FastAPI, Request
 from worker.registry import Context
 from worker.runner import Worker, open_pool
 
-from .conftest import DEMO, as_user, run_workers
+from .conftest import DEMO, as_user, run_workers, wait_for
 from .fakes import serve
 from .fakes.graph import FakeGraph
 from .test_inbox import meta_app, post, text_message, wa_event  # noqa: F401  (meta_app is a fixture)
@@ -64,18 +64,6 @@ app(["worker", "--queues", queue, "--concurrency", "64"], prog_name="luna")
 """
 
 
-def _wait_for(predicate, timeout=60.0, what="condition", fail=True):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    if fail:
-        raise AssertionError(f"timed out waiting for {what}")
-    return None
-
-
 @pytest.fixture
 def probe(conn):
     conn.execute("create table public.kill_probe (row_id text not null, at timestamptz not null default clock_timestamp())")
@@ -91,7 +79,7 @@ def kill_mid_batch(db_url, queue: str, key: str, ready, *, batch: int = 50) -> N
         proc = subprocess.Popen([sys.executable, "-c", WORKER, queue, key], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
-            _wait_for(lambda: ready() or proc.poll() is not None, timeout=90, what=f"the {queue} worker's side effects")
+            wait_for(lambda: ready() or proc.poll() is not None, timeout=90, what=f"the {queue} worker's side effects")
             if proc.poll() is not None:
                 out.seek(0)
                 raise AssertionError(f"the worker exited early:\n{out.read()[-4000:]}")
@@ -271,7 +259,7 @@ def test_killed_sender_never_sends_a_message_twice(db_url, conn, probe):
         kill_mid_batch(db_url, "inbox_outbound", "whatsapp", lambda: probe() >= len(bodies) and hold.held >= 1)
         # The provider takes the held message after all (its answer reached no one).
         hold.release()
-        _wait_for(lambda: _sent_bodies(fake)["HOLD: yanıtı geç gelen mesaj"] == 1, what="the held message to land")
+        wait_for(lambda: _sent_bodies(fake)["HOLD: yanıtı geç gelen mesaj"] == 1, what="the held message to land")
         assert _sent_bodies(fake) == collections.Counter(ids.keys())
 
         expire_and_rescue(conn, "public.outbound_messages", "private.rescue_outbound")

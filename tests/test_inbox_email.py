@@ -134,29 +134,6 @@ namespace inbox {{
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def smtp_server():
-    """A real SMTP server (aiosmtpd) that keeps what it receives."""
-    from aiosmtpd.controller import Controller
-
-    class Keep:
-        def __init__(self):
-            self.messages = []
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append(envelope)
-            return "250 OK"
-
-    handler = Keep()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield {"host": "127.0.0.1", "port": port, "handler": handler}
-    finally:
-        controller.stop()
-
-
 def _mail(subject, sender, message_id, body, *, in_reply_to=None, references=None, attachment=None, to=MAILBOX):
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, subject

@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import as_user
 from .test_inbox import drain
-from .test_inbox_email import MAILBOX, EMAIL_CHANNEL, _append, _configure, _mail, _sync, dovecot, smtp_server  # noqa: F401
+from .test_inbox_email import MAILBOX, EMAIL_CHANNEL, _append, _configure, _mail, _sync, dovecot  # noqa: F401
 
 from luna.channels import email as mail
 
