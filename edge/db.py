@@ -63,3 +63,18 @@ async def as_service(request: Request, claims: dict | None = None):
     async with transaction(pool_of(request), "service_role", claims or {"role": "service_role"},
                            request_headers(request), request.method, request.url.path) as conn:
         yield conn
+
+
+async def service_call(request, sql: str, params) -> dict:
+    """One statement as service_role in its own transaction, sent in a single round trip (pipeline):
+    a webhook's hot path. Same settings as as_service."""
+    pool = request.app.state.pool
+    async with pool.connection() as conn:
+        async with conn.pipeline() as pipeline:
+            await conn.execute("begin")
+            await conn.execute("select set_config('role', 'service_role', true), set_config('request.jwt.claims', %s, true)",
+                               ('{"role":"service_role"}',))
+            cur = await conn.execute(sql, params)
+            await conn.execute("commit")
+            await pipeline.sync()
+            return await cur.fetchone()

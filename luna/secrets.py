@@ -37,6 +37,15 @@ def encrypt(conn, plaintext: str, name: str | None = None) -> str:
     return "fernet:" + _fernet().encrypt(plaintext.encode()).decode()
 
 
+async def aencrypt(aconn, plaintext: str, name: str | None = None) -> str:
+    """encrypt() on an async connection (edge): a Vault reference when Vault is present, else Fernet."""
+    row = await (await aconn.execute("select to_regclass('vault.decrypted_secrets') is not null as ok")).fetchone()
+    if row["ok"] if isinstance(row, dict) else row[0]:
+        row = await (await aconn.execute("select vault.create_secret(%s, %s) as id", (plaintext, name))).fetchone()
+        return f"vault:{row['id'] if isinstance(row, dict) else row[0]}"
+    return "fernet:" + _fernet().encrypt(plaintext.encode()).decode()
+
+
 def decrypt(stored: str, conn=None) -> str:
     """The plaintext of a stored value (vault references need a connection)."""
     scheme, _, value = stored.partition(":")

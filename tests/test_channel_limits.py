@@ -143,9 +143,9 @@ def test_attachments_kind_type_and_size(conn):
 
 
 def test_whatsapp_adapter_sends_only_cloud_api_media_fields():
-    from worker.adapters.whatsapp import WhatsAppAdapter
+    from luna.channels.graph import GraphAdapter
 
-    body = WhatsAppAdapter.build({"type": "media", "to": "905551112233", "body": "Fiyat listesi",
+    body = GraphAdapter.wa_body({"type": "media", "to": "905551112233", "body": "Fiyat listesi",
                                   "media": {"kind": "image", "link": "https://cdn.example/x.jpg", "mime_type": "image/jpeg",
                                             "size": 1000, "filename": "x.jpg"}})
     assert body["image"] == {"link": "https://cdn.example/x.jpg", "caption": "Fiyat listesi"}

@@ -7,7 +7,7 @@ customers) are refused those topics, and D's own customer topic never carries Ah
 import time
 
 from .conftest import DEMO, as_user, token_for
-from .test_realtime import Subscriber
+from .test_realtime import Subscriber  # conftest.SseStream, joined awaited by the test
 
 AHMET = "00000000-0000-4000-8005-000000000101"
 FATMA = "00000000-0000-4000-8005-000000000102"
@@ -40,7 +40,7 @@ def test_card_move_reaches_only_allowed_subscribers(live_server, conn):
     with as_user(conn, "agent@demo.luna.local") as cur:
         cur.execute("select public.move_card(%s, %s)", (CARD_AHMET, to_stage))
 
-    got = [b.events.get(timeout=10), b.events.get(timeout=10)]
+    got = [b.data(timeout=10), b.data(timeout=10)]
     assert {g["topic"] for g in got} == {board, customer}
     for g in got:
         assert g["event"] == "card_moved"
@@ -48,14 +48,14 @@ def test_card_move_reaches_only_allowed_subscribers(live_server, conn):
         # enough for a screen to update without refetching
         assert p["card_id"] == CARD_AHMET and p["to_stage_id"] == str(to_stage) and p["stage"] == "Görüşülüyor"
         assert p["customer_name"] == "Ahmet Yıldız" and p["from_stage_id"] and p["responsibles"]
-    assert a_own.events.get(timeout=10)["event"] == "card_moved"
+    assert a_own.data(timeout=10)["event"] == "card_moved"
     # a customer change reaches the customer topic too
     with as_user(conn, "supervisor@demo.luna.local") as cur:
         cur.execute("update customers set quality_score = 95 where id = %s", (AHMET,))
-    changed = b.events.get(timeout=10)
+    changed = b.data(timeout=10)
     assert changed["event"] == "customer_updated" and changed["payload"]["customer"]["quality_score"] == 95
     time.sleep(0.5)
-    assert d_own.events.empty(), "agent2 must not see Ahmet's events"
-    assert b_user.events.empty()  # the mover's responsibles are notified, not the supervisor
+    assert d_own.quiet(), "agent2 must not see Ahmet's events"
+    assert b_user.quiet()  # the mover's responsibles are notified, not the supervisor
     for s in subs:
         s.close()

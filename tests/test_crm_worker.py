@@ -1,16 +1,16 @@
 """The CRM's worker side: LUNA Module 4.1 (qualified leads into the CRM), due reminders, the Zoho
 outbound sync against a fake, and rep notices."""
 
-import asyncio
-import time
 
 import psycopg
+import pytest
 from psycopg.types.json import Jsonb
 
+from worker.errors import JobError
 from worker.registry import Context
-from worker.runner import Worker, open_pool
+from worker.runner import open_pool
 
-from .conftest import DEMO, as_user
+from .conftest import DEMO, as_user, run_workers
 from .fakes import serve
 from .fakes.zoho import create_app as zoho_app
 
@@ -29,16 +29,7 @@ def add_lead(conn, key, category="HOT", phone=None, email=None, name="Test Kişi
 
 
 async def run_until(db_url, until, queues, timeout=30):
-    w = Worker(db_url, worker_id="crm-test", poll_seconds=0.1, queues=queues)
-    task = asyncio.create_task(w.run())
-    deadline = time.monotonic() + timeout
-    try:
-        while not await until():
-            assert time.monotonic() < deadline, "timed out waiting for the worker"
-            await asyncio.sleep(0.05)
-    finally:
-        w.stop()
-        await task
+    await run_workers(db_url, until, queues=queues, timeout=timeout, poll_seconds=0.1)
 
 
 async def fetch(db_url, sql, *args):
@@ -108,12 +99,37 @@ async def test_due_reminders_and_rep_notices(db_url, conn):
         ctx = Context(pool, None, None, "t")
         assert await fire_due_reminders(ctx) == 1
         assert await fire_due_reminders(ctx) == 0
-        # not configured: the notice is skipped, not failed
-        result = await notify_rep(ctx, {"tenant_id": DEMO, "payload": {"channel": "email", "rep": AGENT, "customer_id": AHMET}})
-        assert result == {"skipped": "smtp not configured"}
+        # A rep without a phone: the WhatsApp notice is skipped, not failed.
+        conn.execute("update profiles set phone = null where id = %s", (AGENT,))
+        notice = {"tenant_id": DEMO, "payload": {"channel": "whatsapp", "rep": AGENT, "customer_id": AHMET}}
+        assert await notify_rep(ctx, notice) == {"skipped": "the rep has no whatsapp address"}
+        # With one, outside the rep's 24-hour window and no template configured: refused, as for anyone.
+        conn.execute("update profiles set phone = '+905551234567' where id = %s", (AGENT,))
+        with pytest.raises(JobError, match="outside_24h_window") as refused:
+            await notify_rep(ctx, notice)
+        assert not refused.value.retryable
+        # ... unless an approved template is configured: then the notice is that template.
+        conn.execute("update crm_settings set settings = settings || %s where tenant_id = %s",
+                     (Jsonb({"whatsapp": {"template": {"name": "randevu_hatirlatma", "language": "tr"}}}), DEMO))
+        queued = await notify_rep(ctx, {**notice, "id": 434343})
+        request = conn.execute("select request from outbound_messages where message_id = %s",
+                               (queued["message_id"],)).fetchone()["request"]
+        assert request["type"] == "template" and request["to"] == "905551234567"
+        assert request["template"]["name"] == "randevu_hatirlatma" and len(request["template"]["variables"]) == 2
+        # The e-mail notice is a queued message of the tenant's e-mail channel, in the rep's staff
+        # conversation; the same job again queues nothing more.
+        mail = {"tenant_id": DEMO, "id": 424242, "payload": {"channel": "email", "rep": AGENT, "customer_id": AHMET}}
+        first = await notify_rep(ctx, mail)
+        assert first["status"] == "queued" and await notify_rep(ctx, mail) == first
     finally:
         await pool.close()
     assert conn.execute("select count(*) as n from notifications where kind = 'reminder_due'").fetchone()["n"] == 1
+    out = conn.execute("""select o.recipient, o.kind, o.request, v.labels from outbound_messages o
+                          join messages m on m.id = o.message_id join conversations v on v.id = m.conversation_id
+                          where o.idempotency_key = 'crm.notify_rep:job:424242'""").fetchall()
+    assert len(out) == 1 and out[0]["recipient"] == "agent@demo.luna.local" and out[0]["kind"] == "email"
+    assert out[0]["labels"] == ["staff"] and "Ahmet" in out[0]["request"]["body"]
+    assert conn.execute("select count(*) as n from leads where raw::text like '%%agent@demo.luna.local%%'").fetchone()["n"] == 0
 
 
 async def test_stage_moves_sync_to_zoho_idempotently(db_url, conn):
@@ -145,38 +161,23 @@ async def test_stage_moves_sync_to_zoho_idempotently(db_url, conn):
         assert conn.execute("select count(*) as n from private.crm_external_refs").fetchone()["n"] == 2
 
 
-async def test_rep_gets_an_email_when_configured(db_url, conn):
-    from aiosmtpd.controller import Controller
+async def test_rep_gets_an_email_when_configured(db_url, conn, smtp_server):
+    handler, port = smtp_server["handler"], smtp_server["port"]
+    conn.execute("update crm_settings set notify_email = true where tenant_id = %s", (DEMO,))
+    # The notice goes out through the tenant's e-mail channel (the outbound queue), to this server.
+    conn.execute("update channel_accounts set settings = settings || %s where tenant_id = %s and kind = 'email'",
+                 (Jsonb({"smtp_host": "127.0.0.1", "smtp_port": port, "smtp_auth": False}), DEMO))
+    lead = add_lead(conn, "p:+905321112233", phone="+905321112233", name="Ahmet Y.", status="QUALIFIED")
+    conn.execute("update leads set next_orchestrator_module = null where id = %s", (lead,))  # not via the queue
+    conn.execute("set role service_role")
+    assert conn.execute("select private.sync_lead_to_crm(%s) as r", (lead,)).fetchone()["r"]["rep"] == AGENT
+    conn.execute("reset role")
 
-    from .fakes import free_port
+    async def sent():
+        row = await fetch(db_url, "select count(*) filter (where status = 'succeeded'), count(*) from private.jobs where kind = 'crm.notify_rep'")
+        return row[1] == 1 and row[0] == 1 and len(handler.messages) == 1
 
-    class Keep:
-        def __init__(self):
-            self.messages = []
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append(envelope)
-            return "250 OK"
-
-    handler, port = Keep(), free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        conn.execute("update crm_settings set notify_email = true, settings = %s where tenant_id = %s",
-                     (Jsonb({"smtp": {"host": "127.0.0.1", "port": port, "sender": "crm@demo.luna.local"}}), DEMO))
-        lead = add_lead(conn, "p:+905321112233", phone="+905321112233", name="Ahmet Y.", status="QUALIFIED")
-        conn.execute("update leads set next_orchestrator_module = null where id = %s", (lead,))  # not via the queue
-        conn.execute("set role service_role")
-        assert conn.execute("select private.sync_lead_to_crm(%s) as r", (lead,)).fetchone()["r"]["rep"] == AGENT
-        conn.execute("reset role")
-
-        async def sent():
-            row = await fetch(db_url, "select count(*) filter (where status = 'succeeded'), count(*) from private.jobs where kind = 'crm.notify_rep'")
-            return row[1] == 1 and row[0] == 1
-
-        await run_until(db_url, sent, ["jobs"])
-        assert len(handler.messages) == 1
-        mail = handler.messages[0]
-        assert mail.rcpt_tos == ["agent@demo.luna.local"] and "Ahmet" in mail.content.decode()
-    finally:
-        controller.stop()
+    await run_until(db_url, sent, ["jobs", "inbox_outbound"])
+    assert len(handler.messages) == 1
+    mail = handler.messages[0]
+    assert mail.rcpt_tos == ["agent@demo.luna.local"] and "Ahmet" in mail.content.decode()

@@ -4,31 +4,18 @@ deleted before it was fetched marks its webhook record failed with the Graph API
 
 from __future__ import annotations
 
-import asyncio
-import time
-
 from psycopg.types.json import Jsonb
 
-from .conftest import DEMO, as_user
-from .fakes import meta_graph, serve
+from .conftest import DEMO, as_user, run_workers
+from .fakes import serve
+from .fakes.graph import FakeGraph
 from .test_inbox import drain
 
 PAGE = "100000000000001"  # the demo tenant's Meta lead source (seed)
 
 
 async def _run_jobs(db_url, until, timeout=30):
-    from worker.runner import Worker
-
-    w = Worker(db_url, worker_id="dead-letter-test", poll_seconds=0.05, queues=["jobs"])
-    task = asyncio.create_task(w.run())
-    deadline = time.monotonic() + timeout
-    try:
-        while not until():
-            assert time.monotonic() < deadline, "timed out waiting for the worker"
-            await asyncio.sleep(0.05)
-    finally:
-        w.stop()
-        await task
+    await run_workers(db_url, until, queues=["jobs"], timeout=timeout)
 
 
 async def test_meta_lead_deleted_before_fetch_is_a_visible_failure(conn, db_url):
@@ -39,7 +26,7 @@ async def test_meta_lead_deleted_before_fetch_is_a_visible_failure(conn, db_url)
     job = conn.execute("select private.enqueue_job('leads.meta_fetch', %s, %s, now(), %s) as id",
                        (Jsonb({"webhook_id": webhook, "leadgen_id": leadgen, "page_id": PAGE, "form_id": "9000"}), DEMO,
                         f"meta-leadgen:{leadgen}")).fetchone()["id"]
-    app, _ = meta_graph.make_app()
+    app = FakeGraph(token="page-token").app
     with serve(app) as base:
         conn.execute("update lead_sources set config = config || %s where kind = 'meta' and tenant_id = %s",
                      (Jsonb({"access_token": "page-token", "graph_base_url": base}), DEMO))

@@ -328,7 +328,7 @@ def test_signed_webhooks_with_malformed_bodies_answer_400_not_500(client, conn):
     from urllib.parse import urlencode
 
     from luna import secrets
-    from worker.adapters.twilio import signature
+    from luna.channels.twilio import signature
 
     demo = "00000000-0000-4000-8000-000000000001"
     tg = conn.execute("insert into channel_accounts (tenant_id, kind, name, external_id) "

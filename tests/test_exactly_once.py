@@ -29,9 +29,9 @@ from fastapi import FastAPI, Request
 from worker.registry import Context
 from worker.runner import Worker, open_pool
 
-from .conftest import DEMO, as_user
+from .conftest import DEMO, as_user, run_workers, wait_for
 from .fakes import serve
-from .fakes.whatsapp import FakeWhatsApp
+from .fakes.graph import FakeGraph
 from .test_inbox import meta_app, post, text_message, wa_event  # noqa: F401  (meta_app is a fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,18 +64,6 @@ app(["worker", "--queues", queue, "--concurrency", "64"], prog_name="luna")
 """
 
 
-def _wait_for(predicate, timeout=60.0, what="condition", fail=True):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    if fail:
-        raise AssertionError(f"timed out waiting for {what}")
-    return None
-
-
 @pytest.fixture
 def probe(conn):
     conn.execute("create table public.kill_probe (row_id text not null, at timestamptz not null default clock_timestamp())")
@@ -91,7 +79,7 @@ def kill_mid_batch(db_url, queue: str, key: str, ready, *, batch: int = 50) -> N
         proc = subprocess.Popen([sys.executable, "-c", WORKER, queue, key], cwd=ROOT, env=env,
                                 stdout=out, stderr=subprocess.STDOUT, text=True)
         try:
-            _wait_for(lambda: ready() or proc.poll() is not None, timeout=90, what=f"the {queue} worker's side effects")
+            wait_for(lambda: ready() or proc.poll() is not None, timeout=90, what=f"the {queue} worker's side effects")
             if proc.poll() is not None:
                 out.seek(0)
                 raise AssertionError(f"the worker exited early:\n{out.read()[-4000:]}")
@@ -124,25 +112,12 @@ class CountingWorker(Worker):
 def run_worker(db_url, queues: list[str], until, timeout: float = 60.0, what: str = "the queue to settle") -> None:
     """A healthy worker (in this process, handlers as shipped) runs the queues until `until(worker)`."""
 
-    async def main():
-        w = CountingWorker(db_url, queues=queues, worker_id="after-the-kill", poll_seconds=0.1, concurrency=32)
-        task = asyncio.create_task(w.run())
-        deadline = time.monotonic() + timeout
-        try:
-            while not until(w):
-                if task.done():
-                    task.result()
-                assert time.monotonic() < deadline, f"timed out waiting for {what}"
-                await asyncio.sleep(0.1)
-        finally:
-            w.stop()
-            await task
-
-    asyncio.run(main())
+    asyncio.run(run_workers(db_url, lambda workers: until(workers[0]), with_workers=True, queues=queues,
+                            timeout=timeout, what=what, worker_class=CountingWorker, poll_seconds=0.1, concurrency=32))
 
 
 async def _reconcile(db_url) -> int:
-    from worker.inbox import reconcile_outbound
+    from worker.inbox.send import reconcile_outbound
 
     pool = await open_pool(db_url)
     try:
@@ -243,7 +218,7 @@ def _channel_to(conn, base: str) -> None:
     from luna import secrets
 
     conn.execute("update public.channel_accounts set settings = (settings - 'rate_per_s') || %s::jsonb where id = %s",
-                 (json.dumps({"base_url": base + "/v21.0"}), WA_CHANNEL))
+                 (json.dumps({"base_url": base}), WA_CHANNEL))
     secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "test-token"})
     conn.execute("update public.conversations set last_inbound_at = now() - interval '1 hour' where id = %s", (CONVERSATION,))
 
@@ -259,7 +234,7 @@ def _queue(conn, bodies: list[str]) -> dict[str, str]:
     return out
 
 
-def _sent_bodies(fake: FakeWhatsApp) -> collections.Counter:
+def _sent_bodies(fake: FakeGraph) -> collections.Counter:
     return collections.Counter(s["body"].get("text", {}).get("body") for s in fake.sent)
 
 
@@ -271,7 +246,7 @@ def _outbound(conn, ids) -> dict[str, dict]:
 
 
 def test_killed_sender_never_sends_a_message_twice(db_url, conn, probe):
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     hold = Hold(fake.app)
     with serve(hold) as base:
         _channel_to(conn, base)
@@ -284,7 +259,7 @@ def test_killed_sender_never_sends_a_message_twice(db_url, conn, probe):
         kill_mid_batch(db_url, "inbox_outbound", "whatsapp", lambda: probe() >= len(bodies) and hold.held >= 1)
         # The provider takes the held message after all (its answer reached no one).
         hold.release()
-        _wait_for(lambda: _sent_bodies(fake)["HOLD: yanıtı geç gelen mesaj"] == 1, what="the held message to land")
+        wait_for(lambda: _sent_bodies(fake)["HOLD: yanıtı geç gelen mesaj"] == 1, what="the held message to land")
         assert _sent_bodies(fake) == collections.Counter(ids.keys())
 
         expire_and_rescue(conn, "public.outbound_messages", "private.rescue_outbound")
@@ -321,7 +296,7 @@ def test_killed_sender_never_sends_a_message_twice(db_url, conn, probe):
 
 
 def test_failed_settlement_goes_to_reconcile_and_is_never_resent(db_url, conn):
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     with serve(fake.app) as base:
         _channel_to(conn, base)
         ids = _queue(conn, ["Sipariş onayı", "Kargo bilgisi", "Fatura"])
@@ -375,7 +350,7 @@ def test_failed_settlement_goes_to_reconcile_and_is_never_resent(db_url, conn):
 def test_provider_refusal_is_retried_but_an_unanswered_call_is_not(db_url, conn):
     """The mark of a call in flight is cleared by a definite refusal (429: retried as before) and kept
     when the call ends without an answer the worker could read (a 200 without a message id)."""
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     with serve(fake.app) as base:
         _channel_to(conn, base)
         fake.plan(429)
@@ -408,26 +383,37 @@ def test_provider_refusal_is_retried_but_an_unanswered_call_is_not(db_url, conn)
 
 # ------------------------------------------------------------------------------------------ jobs: rep notices
 def test_killed_job_worker_sends_each_rep_notice_once(db_url, conn, probe):
-    fake = FakeWhatsApp(token="rep-token")
+    """Rep notices are outbound messages (issue 11, item 3): a job worker killed after queueing them
+    queues nothing twice on the retry (the job's idempotency key), and each is sent once."""
+    from luna import secrets
+
+    fake = FakeGraph(token="rep-token")
     with serve(fake.app) as base:
         conn.execute("update private.jobs set status = 'cancelled' where status in ('queued', 'running')")
         conn.execute("update public.profiles set phone = '+905551234567' where id = %s", (AGENT,))
-        conn.execute("update public.crm_settings set settings = settings || %s::jsonb where tenant_id = %s",
-                     (json.dumps({"whatsapp": {"phone_number_id": "rep-notices", "token": "rep-token",
-                                               "base_url": base + "/v21.0"}}), DEMO))
+        conn.execute("update public.channel_accounts set settings = settings || %s::jsonb where id = %s",
+                     (json.dumps({"base_url": base, "rate_per_s": 50}), WA_CHANNEL))
+        secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "rep-token"})
+        # The rep wrote to the business number within 24 hours: free-form notices may go to them.
+        contact = conn.execute("insert into public.contacts (tenant_id, channel, handle) values (%s, 'whatsapp', "
+                               "'905551234567') returning id", (DEMO,)).fetchone()["id"]
+        conn.execute("insert into public.conversations (tenant_id, channel_account_id, contact_id, labels, last_inbound_at) "
+                     "values (%s, %s, %s, '{staff}', now())", (DEMO, WA_CHANNEL, contact))
         n = 8
+        keys = [f"crm.notify_rep:whatsapp:kill-{i}" for i in range(n)]
         jobs = [conn.execute("select private.enqueue_job('crm.notify_rep', %s::jsonb, %s, now(), %s) as id",
                              (json.dumps({"channel": "whatsapp", "rep": AGENT, "customer_id": AHMET}), DEMO,
-                              f"crm.notify_rep:whatsapp:kill-{i}")).fetchone()["id"] for i in range(n)]
+                              key)).fetchone()["id"] for key in keys]
 
         kill_mid_batch(db_url, "jobs", "crm.notify_rep", lambda: probe() >= n)
-        assert len(fake.sent) == n
         assert expire_and_rescue(conn, "private.jobs", "private.rescue_jobs") == n
-        run_worker(db_url, ["jobs"], lambda w: conn.execute(
+        run_worker(db_url, ["jobs", "inbox_outbound"], lambda w: len(fake.sent) >= n and conn.execute(
             "select count(*) as n from private.jobs where id = any(%s) and status = 'succeeded'", (jobs,)).fetchone()["n"] == n,
-            what="the notices to succeed")
+            what="the notices to be queued and sent")
+        assert conn.execute("select count(*) as n from public.outbound_messages where idempotency_key = any(%s)",
+                            (keys,)).fetchone()["n"] == n
         assert len(fake.sent) == n, f"{len(fake.sent)} notices for {n} jobs"
-        assert all(s["body"]["to"] == "+905551234567" for s in fake.sent)
+        assert all(s["body"]["to"] == "905551234567" and s["phone_number_id"] == "demo-phone-number-1" for s in fake.sent)
 
 
 # ------------------------------------------------------------------------------------------ inbound

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from .conftest import DEMO, as_service, as_user
+from .conftest import DEMO, as_service, as_user, in_worker
 from .fakes import serve
-from .fakes.whatsapp import FakeWhatsApp
+from .fakes.graph import FakeGraph
 
 APP_ID, APP_SECRET, VERIFY = "1234567890", "app-secret-for-tests", "verify-me"
 PHONE_ID = "demo-phone-number-1"
@@ -104,6 +104,31 @@ def test_bad_signature_is_401_and_stored_nowhere(client, conn, meta_app):
     assert unsigned.status_code == 401
     assert conn.execute("select count(*) as n from private.inbound_events").fetchone()["n"] == 0
     assert conn.execute("select count(*) as n from public.messages where provider_message_id = 'wamid.BAD1'").fetchone()["n"] == 0
+
+
+def test_one_meta_webhook_at_both_urls(client, conn, meta_app, monkeypatch):
+    """The registered app's URL and the default app's (/v1/leads/webhooks/meta) are one implementation:
+    either takes Lead Ads changes and messaging events, with the same errors."""
+    leadgen = {"object": "page", "entry": [{"id": "100000000000001", "time": 1764000000, "changes": [
+        {"field": "leadgen", "value": {"leadgen_id": "4444000000777", "page_id": "100000000000001", "form_id": "9000"}}]}]}
+    r = post(client, leadgen)
+    assert r.status_code == 200 and r.json() == {"received": True, "leadgen": {"received": 1, "stored": 1, "queued": 1}}
+    assert conn.execute("select count(*) as n from private.jobs where kind = 'leads.meta_fetch' "
+                        "and payload ->> 'leadgen_id' = '4444000000777'").fetchone()["n"] == 1
+    assert conn.execute("select count(*) as n from private.inbound_events").fetchone()["n"] == 0
+    monkeypatch.delenv("LUNA_META_APP_SECRET", raising=False)
+    body = json.dumps(wa_event([text_message("wamid.ALIAS1")])).encode()
+    r = client.post("/v1/leads/webhooks/meta", content=body, headers={"X-Hub-Signature-256": sign(body, "default")})
+    assert r.status_code == 503 and r.json()["error"]["code"] == "not_configured"
+    monkeypatch.setenv("LUNA_META_APP_SECRET", "default")
+    r = client.post("/v1/leads/webhooks/meta", content=body, headers={"X-Hub-Signature-256": sign(body, "default")})
+    assert r.status_code == 200 and r.json()["duplicate"] is False
+    assert conn.execute("select provider from private.inbound_events").fetchone()["provider"] == "whatsapp"
+    raw = b'{"entry": [ {broken'
+    r = client.post("/v1/leads/webhooks/meta", content=raw, headers={"X-Hub-Signature-256": sign(raw, "default")})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "malformed_body"
+    r = client.post("/v1/webhooks/meta/no-such-app", content=body, headers={"X-Hub-Signature-256": sign(body)})
+    assert r.status_code == 401 and r.json()["error"]["code"] == "bad_signature"
 
 
 def test_malformed_body_is_400_and_kept(client, conn, meta_app):
@@ -275,13 +300,13 @@ def _wa_channel_to(conn, base: str) -> None:
     from luna import secrets
 
     conn.execute("update public.channel_accounts set settings = settings || %s::jsonb where id = %s",
-                 (json.dumps({"base_url": base + "/v21.0", "rate_per_s": 50}), WA_CHANNEL))
+                 (json.dumps({"base_url": base, "rate_per_s": 50}), WA_CHANNEL))
     secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "test-token"})
 
 
 def test_send_retries_429_then_sends_and_permanent_error_fails(conn, db_url):
     conv = _conversation_with_window(conn, 1)
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     with serve(fake.app) as base:
         _wa_channel_to(conn, base)
         fake.plan(429)
@@ -312,7 +337,7 @@ def test_send_retries_429_then_sends_and_permanent_error_fails(conn, db_url):
 
 
 def test_template_sync_keeps_status(conn, db_url):
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     fake.templates = [
         {"name": "kampanya_duyuru", "language": "tr", "status": "APPROVED", "category": "MARKETING", "id": "5551",
          "components": [{"type": "BODY", "text": "Merhaba {{1}}, {{2}} indirimi başladı!"}]},
@@ -322,18 +347,9 @@ def test_template_sync_keeps_status(conn, db_url):
         _wa_channel_to(conn, base)
         conn.execute("update public.channel_accounts set settings = settings || '{\"waba_id\": \"w1\"}' where id = %s", (WA_CHANNEL,))
 
-        async def run():
-            from worker.inbox import sync_templates
-            from worker.runner import Worker
+        from worker.inbox.sync import sync_templates
 
-            w = Worker(db_url, queues=["inbox_outbound"], worker_id="t")
-            await w.start()
-            try:
-                return await sync_templates(w.context, WA_CHANNEL)
-            finally:
-                await w.close()
-
-        assert asyncio.run(run()) == 2
+        assert asyncio.run(in_worker(db_url, lambda ctx: sync_templates(ctx, WA_CHANNEL))) == 2
     rows = {r["name"]: r for r in conn.execute("select * from public.message_templates where channel_account_id = %s",
                                                (WA_CHANNEL,)).fetchall()}
     assert rows["kampanya_duyuru"]["variables"] == 2 and rows["kampanya_duyuru"]["status"] == "APPROVED"
@@ -409,7 +425,7 @@ def test_realtime_topics_and_guard(client, conn, db_url, meta_app):
 
 def test_status_that_overtakes_the_send_answer_is_applied(client, conn, db_url, meta_app):
     conv = _conversation_with_window(conn, 1)
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     fake.next_ids.append("wamid.EARLY1")
     # The 'delivered' webhook arrives before our send call has returned the id.
     post(client, wa_event(statuses=[{"id": "wamid.EARLY1", "status": "delivered", "timestamp": now_ts(),
@@ -466,7 +482,7 @@ def test_claim_spaces_sends_by_number_and_tenant_kind_limits(conn):
 def test_agent_downloads_inbound_media_through_edge(client, conn, db_url, meta_app):
     from .conftest import token_for
 
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     jpeg = b"\xff\xd8\xff\xe0" + b"x" * 1000
     fake.media["1479537139650973"] = ("image/jpeg", jpeg)
     with serve(fake.app) as base:

@@ -14,7 +14,7 @@ import pytest
 
 from .conftest import DEMO, as_service, as_user
 from .fakes import serve
-from .fakes.whatsapp import FakeWhatsApp
+from .fakes.graph import FakeGraph
 from .test_inbox import WA_CHANNEL, _wa_channel_to, drain, meta_app, now_ts, post, wa_event  # noqa: F401  (fixture)
 
 BSUID = "TR.1300000000000000000001"
@@ -239,7 +239,7 @@ def test_send_to_a_phoneless_contact_uses_recipient_and_bsuid_statuses_settle(cl
     drain(db_url)
     [contact] = contacts_of(conn, user_id=bsuid)
     [conv] = conversations_of(conn, contact["id"])
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     fake.next_ids.append("wamid.OUTBS1")
     with serve(fake.app) as base:
         _wa_channel_to(conn, base)
@@ -269,7 +269,7 @@ def test_send_prefers_the_phone_once_known(client, conn, db_url, meta_app):
     drain(db_url)
     [contact] = contacts_of(conn, user_id=bsuid)
     [conv] = conversations_of(conn, contact["id"])
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     with serve(fake.app) as base:
         _wa_channel_to(conn, base)
         with as_user(conn, "supervisor@demo.luna.local") as cur:
@@ -280,19 +280,19 @@ def test_send_prefers_the_phone_once_known(client, conn, db_url, meta_app):
 
 
 def test_adapter_builds_to_or_recipient():
-    from worker.adapters.base import AdapterError
-    from worker.adapters.whatsapp import WhatsAppAdapter, is_bsuid
+    from luna.channels.http import AdapterError
+    from luna.channels.graph import GraphAdapter, is_bsuid
 
     assert is_bsuid("US.13491208655302741918") and is_bsuid("US.ENT.11815799212886844830")
     assert not is_bsuid("905551112233") and not is_bsuid("+905551112233") and not is_bsuid(None)
-    assert WhatsAppAdapter.build({"to": "905551112233", "body": "x"})["to"] == "905551112233"
-    by_id = WhatsAppAdapter.build({"to": "US.13491208655302741918", "body": "x"})
+    assert GraphAdapter.wa_body({"to": "905551112233", "body": "x"})["to"] == "905551112233"
+    by_id = GraphAdapter.wa_body({"to": "US.13491208655302741918", "body": "x"})
     assert by_id["recipient"] == "US.13491208655302741918" and "to" not in by_id
-    both = WhatsAppAdapter.build({"to": "905551112233", "recipient": "US.13491208655302741918", "body": "x"})
+    both = GraphAdapter.wa_body({"to": "905551112233", "recipient": "US.13491208655302741918", "body": "x"})
     assert both["to"] == "905551112233" and "recipient" not in both   # the phone when known (Meta's advice)
-    only = WhatsAppAdapter.build({"recipient": "US.13491208655302741918", "type": "template",
+    only = GraphAdapter.wa_body({"recipient": "US.13491208655302741918", "type": "template",
                                   "template": {"name": "t", "language": "tr", "variables": []}})
     assert only["recipient"] == "US.13491208655302741918" and only["type"] == "template"
     with pytest.raises(AdapterError) as err:
-        WhatsAppAdapter.build({"body": "nobody"})
+        GraphAdapter.wa_body({"body": "nobody"})
     assert err.value.retryable is False

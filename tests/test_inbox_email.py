@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import DEMO, as_user
+from .conftest import DEMO, as_user, in_worker
 from .fakes import free_port
 from .test_inbox import drain
 
@@ -134,29 +134,6 @@ namespace inbox {{
         shutil.rmtree(root, ignore_errors=True)
 
 
-@pytest.fixture
-def smtp_server():
-    """A real SMTP server (aiosmtpd) that keeps what it receives."""
-    from aiosmtpd.controller import Controller
-
-    class Keep:
-        def __init__(self):
-            self.messages = []
-
-        async def handle_DATA(self, server, session, envelope):
-            self.messages.append(envelope)
-            return "250 OK"
-
-    handler = Keep()
-    port = free_port()
-    controller = Controller(handler, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield {"host": "127.0.0.1", "port": port, "handler": handler}
-    finally:
-        controller.stop()
-
-
 def _mail(subject, sender, message_id, body, *, in_reply_to=None, references=None, attachment=None, to=MAILBOX):
     msg = EmailMessage()
     msg["From"], msg["To"], msg["Subject"] = sender, to, subject
@@ -194,18 +171,9 @@ def _configure(conn, imap, smtp=None):
 
 
 def _sync(db_url):
-    from worker.inbox import sync_mailbox
-    from worker.runner import Worker
+    from worker.inbox.sync import sync_mailbox
 
-    async def run():
-        w = Worker(db_url, queues=["inbox_inbound"], worker_id="t-imap")
-        await w.start()
-        try:
-            return await sync_mailbox(w.context, EMAIL_CHANNEL)
-        finally:
-            await w.close()
-
-    result = asyncio.run(run())
+    result = asyncio.run(in_worker(db_url, lambda ctx: sync_mailbox(ctx, EMAIL_CHANNEL)))
     drain(db_url)
     return result
 

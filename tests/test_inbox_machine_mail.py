@@ -15,9 +15,9 @@ import pytest
 
 from .conftest import as_user
 from .test_inbox import drain
-from .test_inbox_email import MAILBOX, EMAIL_CHANNEL, _append, _configure, _mail, _sync, dovecot, smtp_server  # noqa: F401
+from .test_inbox_email import MAILBOX, EMAIL_CHANNEL, _append, _configure, _mail, _sync, dovecot  # noqa: F401
 
-from worker.adapters import imap_mail
+from luna.channels import email as mail
 
 
 def _raw(subject="Merhaba", sender="ali@musteri.example", headers=None, body="Merhaba"):
@@ -70,7 +70,7 @@ def _dsn(original_id: str, recipient: str, *, action="failed", status="5.1.1", s
     ({"Return-Path": "<>"}, "Re: Randevu"),
 ])
 def test_out_of_office_markers_are_machine_mail(headers, subject):
-    auto = imap_mail.parse(_raw(subject, headers=headers), MAILBOX)["auto"]
+    auto = mail.parse(_raw(subject, headers=headers), MAILBOX)["auto"]
     assert auto is not None and auto["kind"] == "auto_reply", (headers, subject, auto)
 
 
@@ -81,12 +81,12 @@ def test_out_of_office_markers_are_machine_mail(headers, subject):
     ({}, "Ofisimizin adresi nedir?"),
 ])
 def test_a_persons_mail_is_not_machine_mail(headers, subject):
-    assert imap_mail.parse(_raw(subject, headers=headers), MAILBOX)["auto"] is None
+    assert mail.parse(_raw(subject, headers=headers), MAILBOX)["auto"] is None
 
 
 @pytest.mark.parametrize("full_original", [False, True])
 def test_delivery_status_report_is_a_bounce_with_recipient_and_original(full_original):
-    p = imap_mail.parse(_dsn("<orig1@demo-klinik.example>", "Ayse@Musteri.example", full_original=full_original), MAILBOX)
+    p = mail.parse(_dsn("<orig1@demo-klinik.example>", "Ayse@Musteri.example", full_original=full_original), MAILBOX)
     assert p["auto"]["kind"] == "bounce"
     assert p["auto"]["bounced"] == [{"address": "ayse@musteri.example", "status": "5.1.1",
                                      "diagnostic": "smtp; 550 5.1.1 <user>: Recipient address rejected: User unknown"}]
@@ -95,7 +95,7 @@ def test_delivery_status_report_is_a_bounce_with_recipient_and_original(full_ori
 
 
 def test_delayed_report_is_not_a_bounce():
-    p = imap_mail.parse(_dsn("<orig1@demo-klinik.example>", "ayse@musteri.example", action="delayed", status="4.4.7",
+    p = mail.parse(_dsn("<orig1@demo-klinik.example>", "ayse@musteri.example", action="delayed", status="4.4.7",
                              sender="postmaster@mx.musteri.example"), MAILBOX)
     assert p["auto"]["kind"] == "dsn" and "bounced" not in p["auto"]
 
@@ -104,7 +104,7 @@ def test_mailer_daemon_without_a_report_is_a_bounce():
     raw = _raw("failure notice", sender="MAILER-DAEMON@mx.musteri.example",
                headers={"X-Failed-Recipients": "ayse@musteri.example"},
                body="Hi. This is the qmail-send program. I'm afraid I wasn't able to deliver your message.")
-    auto = imap_mail.parse(raw, MAILBOX)["auto"]
+    auto = mail.parse(raw, MAILBOX)["auto"]
     assert auto["kind"] == "bounce" and auto["bounced"][0]["address"] == "ayse@musteri.example"
 
 

@@ -7,9 +7,9 @@ import asyncio
 import json
 import time
 
-from .conftest import DEMO2, as_user
+from .conftest import DEMO2, as_user, in_worker
 from .fakes import serve
-from .fakes.meta import FakeMeta
+from .fakes.graph import FakeGraph
 from .test_inbox import drain, meta_app, post  # noqa: F401  (fixture)
 
 IG_CHANNEL = "00000000-0000-4000-8006-000000000202"
@@ -19,7 +19,7 @@ def _point(conn, channel, base, extra=None):
     from luna import secrets
 
     conn.execute("update public.channel_accounts set settings = settings || %s::jsonb where id = %s",
-                 (json.dumps({"base_url": base + "/v21.0", **(extra or {})}), channel))
+                 (json.dumps({"base_url": base, **(extra or {})}), channel))
     secrets.set_channel_credentials(conn, channel, {"access_token": "meta-token"})
 
 
@@ -31,13 +31,13 @@ def test_instagram_reply_and_read_receipt(client, conn, db_url, meta_app):
     drain(db_url)
     conv = conn.execute("select v.id from public.conversations v join public.contacts c on c.id = v.contact_id "
                         "where c.handle = 'IGSID-77'").fetchone()["id"]
-    fake = FakeMeta()
+    fake = FakeGraph(token="meta-token")
     with serve(fake.app) as base:
         _point(conn, IG_CHANNEL, base)
         with as_user(conn, "supervisor@demo-2.luna.local") as cur:
             msg = cur.execute("select * from public.send_message(%s, 'Evet, ürün sayfasında.')", (conv,)).fetchone()
         drain(db_url, "inbox_outbound")
-    [sent] = fake.sent
+    [sent] = fake.page_sent
     assert sent["page_id"] == "demo-ig-2" and sent["body"]["recipient"] == {"id": "IGSID-77"}
     assert sent["body"]["message"]["text"] == "Evet, ürün sayfasında."
     row = conn.execute("select * from public.messages where id = %s", (msg["id"],)).fetchone()
@@ -50,7 +50,7 @@ def test_instagram_reply_and_read_receipt(client, conn, db_url, meta_app):
 
 
 def test_insights_sync_and_conversions_api_dedup(conn, db_url):
-    fake = FakeMeta()
+    fake = FakeGraph(token="meta-token")
     fake.insight_rows = [
         {"campaign_id": "c1", "adset_id": "s1", "ad_id": "a1", "ad_name": "Kış indirimi A", "impressions": "1000",
          "clicks": "50", "spend": "120.50", "actions": [{"action_type": "lead", "value": "3"}],
@@ -64,16 +64,11 @@ def test_insights_sync_and_conversions_api_dedup(conn, db_url):
         _point(conn, wa2, base, {"pixel_id": "990000000002", "waba_id": "waba-2"})
         conn.execute("update public.ad_accounts set channel_account_id = %s where id = '00000000-0000-4000-8006-000000000261'", (wa2,))
 
-        async def sync():
-            from worker.inbox import sync_insights
-            from worker.runner import Worker
+        from worker.inbox.sync import sync_insights
 
-            w = Worker(db_url, queues=["jobs"], worker_id="t-meta")
-            await w.start()
-            try:
-                return await sync_insights(w.context, "00000000-0000-4000-8006-000000000261", "2026-11-20", "2026-11-21")
-            finally:
-                await w.close()
+        def sync():
+            return in_worker(db_url, lambda ctx: sync_insights(ctx, "00000000-0000-4000-8006-000000000261",
+                                                               "2026-11-20", "2026-11-21"))
 
         assert asyncio.run(sync()) == 3
         assert asyncio.run(sync()) == 3  # a re-sync updates, never duplicates

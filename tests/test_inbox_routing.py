@@ -7,7 +7,7 @@ import json
 
 from .conftest import DEMO, as_user, token_for
 from .fakes import serve
-from .fakes.whatsapp import FakeWhatsApp
+from .fakes.graph import FakeGraph
 from .test_inbox import WA_CHANNEL, drain, meta_app, post, text_message, wa_event  # noqa: F401
 
 
@@ -51,12 +51,12 @@ def test_least_busy_sticky_and_availability(client, conn, db_url, meta_app):
 
 
 def test_submit_template_to_whatsapp(conn, db_url):
-    fake = FakeWhatsApp()
+    fake = FakeGraph()
     from luna import secrets
 
     with serve(fake.app) as base:
         conn.execute("update public.channel_accounts set settings = settings || %s::jsonb where id = %s",
-                     (json.dumps({"base_url": base + "/v21.0"}), WA_CHANNEL))
+                     (json.dumps({"base_url": base}), WA_CHANNEL))
         secrets.set_channel_credentials(conn, WA_CHANNEL, {"access_token": "test-token"})
         with as_user(conn, "supervisor@demo.luna.local") as cur:
             tpl = cur.execute("select * from public.submit_template(%s, 'kampanya_kis', 'tr', 'marketing', %s)",

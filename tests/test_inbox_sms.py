@@ -23,7 +23,7 @@ def _channel(conn, tenant, kind, external_id, creds, base):
 
 
 def test_twilio_inbound_reply_and_status(client, conn, db_url):
-    from worker.adapters.twilio import signature
+    from luna.channels.twilio import signature
 
     fake = FakeSms()
     with serve(fake.app) as base:

@@ -8,18 +8,19 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
+from luna.channels.graph import GraphAdapter
+from luna.channels.http import AdapterError
 from worker.adapters.apify import ApifyAdapter
 from worker.adapters.apollo import ApolloAdapter
-from worker.adapters.base import AdapterError
 from worker.adapters.clearbit import ClearbitAdapter
 from worker.adapters.google_places import GooglePlacesAdapter
 from worker.adapters.hunter import HunterAdapter
-from worker.adapters.meta_graph import MetaGraphAdapter
 from worker.adapters.slack import SlackAdapter
 from worker.adapters.web_search import WebSearchAdapter
 
 from .conftest import DEMO
-from .fakes import apify, apollo, clearbit, google_places, hunter, meta_graph, serve, slack, web_search
+from .fakes import apify, apollo, clearbit, google_places, hunter, serve, slack, web_search
+from .fakes.graph import FakeGraph
 from .test_leads_pipeline import run_until, settled
 
 
@@ -46,9 +47,9 @@ async def test_adapters_parse_documented_answers():
         w = WebSearchAdapter("ws", base_url=base)
         assert (await w.search("Gülüş Diş"))[0]["url"] == "https://example.com.tr"
         await w.aclose()
-    with serve(meta_graph.make_app()[0]) as base:
-        m = MetaGraphAdapter("page-token", base_url=base)
-        payload = MetaGraphAdapter.to_payload(await m.lead("4444000000001"))
+    with serve(FakeGraph(token="page-token").app) as base:
+        m = GraphAdapter(base)
+        payload = GraphAdapter.lead_payload(await m.lead("4444000000001", "page-token"))
         assert payload["contact_name"] == "Dr. Ayşe Kılıç" and payload["phone"] == "+905321112233"
         assert payload["answers"] == {"hangi_tedavi": "implant"} and payload["external_id"] == "4444000000001"
         await m.aclose()
@@ -128,7 +129,7 @@ async def test_apollo_lookups_of_concurrent_leads_share_bulk_calls():
     """Lookups made together go out as bulk requests of at most 10 domains; unknown ones are None."""
     import asyncio
 
-    from worker.adapters.base import KeyBatcher
+    from luna.channels.http import KeyBatcher
 
     app, modes = apollo.make_app({f"firma{i}.com.tr": {"name": f"Firma {i}", "estimated_num_employees": i}
                                   for i in range(23)})
@@ -253,7 +254,7 @@ async def test_key_batcher_answers_keys_asked_while_a_bulk_call_is_in_flight():
     answered by a later round, never left waiting."""
     import asyncio
 
-    from worker.adapters.base import KeyBatcher
+    from luna.channels.http import KeyBatcher
 
     calls = []
 

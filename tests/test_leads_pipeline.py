@@ -2,31 +2,18 @@
 processing with two workers, a killed worker's leases taken back (TIMEOUT_DETECTED -> retried), the
 review RPCs (verdict stored next to the AI's, logged, audited)."""
 
-import asyncio
 import time
 
 import psycopg
 import pytest
 
-from worker.runner import Worker
-
-from .conftest import DEMO, DEMO2, as_user
+from .conftest import DEMO, DEMO2, as_user, run_workers
 
 
 async def run_until(db_url, until, n_workers=1, timeout=30, **kw):
+    """conftest.run_workers on the leads queue unless told otherwise."""
     kw.setdefault("queues", ["leads"])
-    workers = [Worker(db_url, worker_id=f"w{i}", poll_seconds=0.05, **kw) for i in range(n_workers)]
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    deadline = time.monotonic() + timeout
-    try:
-        while not await until():
-            assert time.monotonic() < deadline, "timed out waiting for the workers"
-            await asyncio.sleep(0.05)
-    finally:
-        for w in workers:
-            w.stop()
-        await asyncio.gather(*tasks)
-    return workers
+    return await run_workers(db_url, until, n_workers=n_workers, timeout=timeout, **kw)
 
 
 async def scalar(db_url, sql, *params):

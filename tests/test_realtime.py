@@ -1,57 +1,14 @@
 """Realtime: private.broadcast reaches an authorised SSE subscriber and never an unauthorised one."""
 
-import json
-import queue
-import threading
 import time
 
-import httpx
 import psycopg
 
-from .conftest import DEMO, DEMO2, token_for
+from .conftest import DEMO, DEMO2, SseStream, token_for
 
 
-class Subscriber:
-    """Reads an SSE stream in a thread and collects its events."""
-
-    def __init__(self, base, token, topics):
-        self.events: "queue.Queue[dict]" = queue.Queue()
-        self.status = None
-        self.error = None
-        self.joined = threading.Event()
-        self._stop = False
-        self.thread = threading.Thread(target=self._run, args=(base, token, topics), daemon=True)
-        self.thread.start()
-
-    def _run(self, base, token, topics):
-        try:
-            self._read(base, token, topics)
-        except httpx.HTTPError:
-            if not self._stop:  # the server going away at the end of a test is expected
-                raise
-
-    def _read(self, base, token, topics):
-        with httpx.Client(timeout=httpx.Timeout(10, read=30)) as c:
-            with c.stream("GET", f"{base}/v1/realtime/stream", params={"topics": topics, "access_token": token}) as r:
-                self.status = r.status_code
-                if r.status_code != 200:
-                    self.error = json.loads(r.read())
-                    self.joined.set()
-                    return
-                event = None
-                for line in r.iter_lines():
-                    if self._stop:
-                        return
-                    if line.startswith("event: "):
-                        event = line[7:]
-                    elif line.startswith("data: "):
-                        if event == "joined":
-                            self.joined.set()
-                        else:
-                            self.events.put(json.loads(line[6:]))
-
-    def close(self):
-        self._stop = True
+def Subscriber(base, token, topics):
+    return SseStream(base, token, topics, wait_joined=False, read_timeout=30)
 
 
 def test_broadcast_reaches_only_authorised_subscribers(live_server, conn, db_url):
@@ -71,12 +28,12 @@ def test_broadcast_reaches_only_authorised_subscribers(live_server, conn, db_url
     with psycopg.connect(db_url, autocommit=True) as c:
         c.execute("select private.broadcast(%s, 'card_moved', '{\"card\": 1}'::jsonb)", (topic,))
         c.execute("select private.broadcast('user:00000000-0000-4000-8001-000000000014', 'notification', '{\"n\": 1}'::jsonb)")
-    got = a.events.get(timeout=10)
+    got = a.data(timeout=10)
     assert got["event"] == "card_moved" and got["payload"]["card"] == 1 and got["topic"] == topic
     assert time.monotonic() - started < 10
-    assert mine.events.get(timeout=10)["payload"]["n"] == 1
+    assert mine.data(timeout=10)["payload"]["n"] == 1
     time.sleep(0.5)
-    assert b_own.events.empty() and a.events.empty()
+    assert b_own.quiet() and a.quiet()
     for s in (a, mine, b_own):
         s.close()
 
@@ -88,7 +45,7 @@ def test_large_payloads_are_fetched_by_the_relay(live_server, conn, db_url):
     big = "ş" * 9000
     with psycopg.connect(db_url, autocommit=True) as c:
         c.execute("select private.broadcast(%s, 'big', jsonb_build_object('text', %s::text))", (topic, big))
-    got = s.events.get(timeout=10)
+    got = s.data(timeout=10)
     assert got["payload"]["text"] == big
     s.close()
 

@@ -5,14 +5,9 @@ token expires is closed with `token_expired`. The event that would have leaked i
 
 from __future__ import annotations
 
-import json
-import queue
-import threading
-
-import httpx
 import pytest
 
-from .conftest import DEMO, as_user, token_for
+from .conftest import DEMO, SseStream, as_user, token_for
 
 AHMET = "00000000-0000-4000-8005-000000000101"
 FATMA = "00000000-0000-4000-8005-000000000102"
@@ -20,64 +15,7 @@ CARD_AHMET = "00000000-0000-4000-8005-000000000501"
 LEAKY = {"card_moved", "card_updated", "customer_updated", "conversation_updated", "message_created", "notification"}
 
 
-class Stream:
-    """Reads an SSE stream in a thread: every (event, data) in order, and whether the server ended it."""
-
-    def __init__(self, base, token, topics):
-        self.items: "queue.Queue[tuple[str, dict]]" = queue.Queue()
-        self.seen: list[tuple[str, dict]] = []
-        self.status = None
-        self.joined = threading.Event()
-        self.ended = threading.Event()
-        self._stop = False
-        threading.Thread(target=self._run, args=(base, token, topics), daemon=True).start()
-        assert self.joined.wait(10)
-
-    def _run(self, base, token, topics):
-        try:
-            with httpx.Client(timeout=httpx.Timeout(10, read=60)) as c:
-                with c.stream("GET", f"{base}/v1/realtime/stream", params={"topics": topics, "access_token": token}) as r:
-                    self.status = r.status_code
-                    if r.status_code != 200:
-                        self.joined.set()
-                        return
-                    event = None
-                    for line in r.iter_lines():
-                        if self._stop:
-                            return
-                        if line.startswith("event: "):
-                            event = line[7:]
-                        elif line.startswith("data: "):
-                            if event == "joined":
-                                self.joined.set()
-                            self.items.put((event, json.loads(line[6:])))
-        except httpx.HTTPError:
-            if not self._stop:
-                raise
-        finally:
-            self.ended.set()
-            self.joined.set()
-
-    def next(self, timeout=15) -> tuple[str, dict]:
-        item = self.items.get(timeout=timeout)
-        self.seen.append(item)
-        return item
-
-    def until(self, event: str, timeout=15) -> tuple[str, dict]:
-        while True:
-            item = self.next(timeout)
-            if item[0] == event:
-                return item
-
-    def rest(self) -> list[tuple[str, dict]]:
-        """Everything up to the end of a stream the server closed."""
-        assert self.ended.wait(15), "the server did not end the stream"
-        while not self.items.empty():
-            self.seen.append(self.items.get_nowait())
-        return self.seen
-
-    def close(self):
-        self._stop = True
+Stream = SseStream
 
 
 def policy(conn, on: bool):

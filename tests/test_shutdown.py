@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
 import psutil
 import pytest
+
+from .conftest import wait_for
+from .fakes import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -32,16 +33,6 @@ app(["worker", "--queues", "jobs", "--concurrency", "2"], prog_name="luna")
 """
 
 
-def _wait_for(predicate, timeout=60.0, what="condition"):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_worker_signal_stops_claiming_and_hands_rows_back(db_url, conn, sig):
     conn.execute("create table public.shutdown_probe (job_id bigint, at timestamptz not null default clock_timestamp())")
@@ -51,7 +42,7 @@ def test_worker_signal_stops_claiming_and_hands_rows_back(db_url, conn, sig):
     proc = subprocess.Popen([sys.executable, "-c", WORKER], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        _wait_for(lambda: conn.execute("select count(*) n from public.shutdown_probe").fetchone()["n"] >= 2,
+        wait_for(lambda: conn.execute("select count(*) n from public.shutdown_probe").fetchone()["n"] >= 2,
                   what="the worker to start handlers")
         signalled_at = conn.execute("select clock_timestamp() t").fetchone()["t"]
         proc.send_signal(sig)
@@ -69,12 +60,6 @@ def test_worker_signal_stops_claiming_and_hands_rows_back(db_url, conn, sig):
     # Nothing lost: every job is either done or back in the queue.
     statuses = {r["status"] for r in conn.execute("select distinct status::text from private.jobs").fetchall()}
     assert statuses <= {"queued", "done", "succeeded", "completed"}, statuses
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _postmaster_pid(data_dir: Path) -> int | None:
@@ -131,58 +116,58 @@ def data_dir():
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"])
 def test_up_stops_its_embedded_server_on_signal(data_dir, sig):
-    port = _free_port()
+    port = free_port()
     proc = _start_up(data_dir, port)
     try:
-        _wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="luna up to answer")
+        wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="luna up to answer")
         assert proc.poll() is None, "luna up exited early"
         pid = _postmaster_pid(data_dir)
         assert pid and _running(pid)
     finally:
         rc = _stop(proc, sig)
     assert rc in (0, 128 + sig, -sig) or rc == 0
-    _wait_for(lambda: not _running(pid), timeout=30, what="the postmaster to stop")
+    wait_for(lambda: not _running(pid), timeout=30, what="the postmaster to stop")
 
 
 def test_server_left_by_a_killed_luna_is_reused_then_stopped(data_dir):
-    port = _free_port()
+    port = free_port()
     proc = _start_up(data_dir, port)
-    _wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="luna up to answer")
+    wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="luna up to answer")
     proc.kill()  # SIGKILL: nothing of luna runs; the server is orphaned
     proc.wait()
     orphan = _postmaster_pid(data_dir)
     assert orphan and _running(orphan)
 
-    port = _free_port()
+    port = free_port()
     proc = _start_up(data_dir, port)
     try:
-        _wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="the second luna up")
+        wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="the second luna up")
         assert proc.poll() is None
     finally:
         _stop(proc)
     # The second luna was the last live user: it stops the server, whichever process started it.
-    _wait_for(lambda: not _running(orphan), timeout=30, what="the orphaned postmaster to stop")
+    wait_for(lambda: not _running(orphan), timeout=30, what="the orphaned postmaster to stop")
     assert _postmaster_pid(data_dir) is None or not _running(_postmaster_pid(data_dir))
 
 
 def test_stale_postmaster_pid_of_a_dead_server_does_not_block_the_next_start(data_dir):
-    port = _free_port()
+    port = free_port()
     proc = _start_up(data_dir, port)
-    _wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="luna up to answer")
+    wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="luna up to answer")
     proc.kill()
     proc.wait()
     pid = _postmaster_pid(data_dir)
     os.kill(pid, signal.SIGKILL)  # the server dies hard too: postmaster.pid stays behind
-    _wait_for(lambda: not _running(pid), what="the server to die")
+    wait_for(lambda: not _running(pid), what="the server to die")
     assert (data_dir / "pg" / "postmaster.pid").exists()
 
-    port = _free_port()
+    port = free_port()
     proc = _start_up(data_dir, port)
     try:
-        _wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="the restart")
+        wait_for(lambda: _healthy(port) or proc.poll() is not None, timeout=240, what="the restart")
         assert proc.poll() is None
         new = _postmaster_pid(data_dir)
         assert new and new != pid and _running(new)
     finally:
         _stop(proc)
-    _wait_for(lambda: not _running(new), timeout=30, what="the restarted postmaster to stop")
+    wait_for(lambda: not _running(new), timeout=30, what="the restarted postmaster to stop")

@@ -25,7 +25,7 @@ def twilio(conn):
 
 
 def _post(client, url, signed_url, form=FORM):
-    from worker.adapters.twilio import signature
+    from luna.channels.twilio import signature
 
     return client.post(url, data=form, headers={"X-Twilio-Signature": signature("tw-proxy", signed_url, form)})
 

@@ -11,6 +11,8 @@ from worker.errors import BreakerOpen, JobError
 from worker.registry import JOBS
 from worker.runner import Worker, open_pool
 
+from . import conftest
+
 
 @pytest.fixture
 def probe_table(conn):
@@ -24,18 +26,7 @@ def enqueue(conn, kind, n, **kw):
 
 
 async def run_workers(db_url, n_workers, until, timeout=30, **kw):
-    workers = [Worker(db_url, worker_id=f"w{i}", poll_seconds=0.1, **kw) for i in range(n_workers)]
-    tasks = [asyncio.create_task(w.run()) for w in workers]
-    deadline = time.monotonic() + timeout
-    try:
-        while not await until():
-            assert time.monotonic() < deadline, "timed out waiting for the workers"
-            await asyncio.sleep(0.05)
-    finally:
-        for w in workers:
-            w.stop()
-        await asyncio.gather(*tasks)
-    return workers
+    return await conftest.run_workers(db_url, until, n_workers=n_workers, timeout=timeout, poll_seconds=0.1, **kw)
 
 
 async def count(db_url, sql, *params):

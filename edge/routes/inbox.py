@@ -1,18 +1,17 @@
-"""Inbox endpoints: Meta webhooks (WhatsApp Cloud API, Instagram, Messenger), web chat, and a thin
-wrapper around the send RPC.
+"""Inbox endpoints: SMS (Twilio) and Telegram webhooks, web chat, channel credentials, the media proxy
+and a thin wrapper around the send RPC. Meta's webhooks (WhatsApp, Instagram, Messenger) are
+edge/routes/meta.py.
 
-Webhooks do as little as possible: verify the signature over the raw body, store the raw event in
-private.inbound_events (unique provider event id, so a redelivery is a no-op) and answer 200 at once.
-The worker (worker/inbox) turns events into contacts, conversations and messages.
+Webhooks do as little as possible: verify the caller, store the event in private.inbound_events (unique
+provider event id, so a redelivery is a no-op) and answer at once; the payload is read by the core
+(luna/channels/<provider>.py) and the worker (worker/inbox) turns events into contacts, conversations
+and messages.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import time
 from datetime import datetime
-from typing import Any
 from uuid import UUID
 
 import psycopg
@@ -23,100 +22,17 @@ from psycopg.types.json import Jsonb
 from pydantic import BaseModel, Field
 
 from luna import secrets
+from luna.channels import telegram, twilio
+from luna.channels.graph import GraphAdapter
+from luna.channels.http import AdapterError
 
 from .. import openapi as oa
-from ..auth import ascii_header, header_bytes, hmac_sha256_ok, secret_equal
-from ..db import as_service, as_user
+from ..auth import ascii_header, header_bytes, secret_equal
+from ..db import as_service, as_user, service_call
 from ..errors import ApiError
 from ..webhook_urls import signed_url, url_variants
 
 router = APIRouter(tags=["inbox"])
-
-PROVIDER_OF_OBJECT = {"whatsapp_business_account": "whatsapp", "instagram": "instagram", "page": "messenger"}
-# Headers kept with a raw event (never cookies or authorization).
-KEPT_HEADERS = ("content-type", "user-agent", "x-hub-signature-256", "x-forwarded-for", "x-correlation-id")
-_APP_CACHE: dict[str, tuple[float, str, str]] = {}
-APP_CACHE_SECONDS = 60.0
-
-
-async def _meta_app(request: Request, app_id: str) -> tuple[str, str] | None:
-    """(app secret, verify token) of a registered Meta app, cached briefly in memory."""
-    key = f"{request.app.state.database_url}|{app_id}"
-    cached = _APP_CACHE.get(key)
-    if cached and cached[0] > time.monotonic():
-        return cached[1], cached[2]
-    async with as_service(request) as conn:
-        row = await (await conn.execute("select app_secret, verify_token from private.meta_apps where app_id = %s",
-                                        (app_id,))).fetchone()
-        if row is None:
-            return None
-        app_secret = await secrets.adecrypt(row["app_secret"], conn)
-        verify_token = await secrets.adecrypt(row["verify_token"], conn)
-    _APP_CACHE[key] = (time.monotonic() + APP_CACHE_SECONDS, app_secret, verify_token)
-    return app_secret, verify_token
-
-
-def signature_ok(app_secret: str, body: bytes, header: str | bytes | None) -> bool:
-    return hmac_sha256_ok(app_secret, body, header)  # hex decoded first; never raises on odd characters
-
-
-@router.get("/v1/webhooks/meta/{app_id}", response_class=PlainTextResponse,
-            openapi_extra=oa.op(params=oa.HUB_QUERY, security=oa.NO_SECURITY))
-async def meta_verify(app_id: str, request: Request):
-    """Meta's subscription handshake: echo hub.challenge when hub.verify_token matches."""
-    params = request.query_params
-    app = await _meta_app(request, app_id)
-    token = params.get("hub.verify_token", "")
-    if (app is None or params.get("hub.mode") != "subscribe"
-            or not secret_equal(token, app[1])):
-        raise ApiError(403, "verification_failed", "hub.mode or hub.verify_token does not match this app")
-    return PlainTextResponse(params.get("hub.challenge", ""))
-
-
-@router.post("/v1/webhooks/meta/{app_id}", openapi_extra=oa.op(
-    body=oa.raw_body("application/json", oa.JSON_OBJECT, description="the webhook as Meta sends it (the "
-                     "signature covers these exact bytes)"),
-    params=[oa.HUB_SIGNATURE], security=oa.NO_SECURITY))
-async def meta_event(app_id: str, request: Request):
-    """A webhook delivery from Meta (WhatsApp, Instagram or Messenger)."""
-    body = await request.body()
-    app = await _meta_app(request, app_id)
-    # The signature first: nothing about an unsigned body is trusted or stored.
-    if app is None or not signature_ok(app[0], body, header_bytes(request, "x-hub-signature-256")):
-        raise ApiError(401, "bad_signature", "X-Hub-Signature-256 does not match the body",
-                       hint="sign the raw body with HMAC-SHA256 and the app secret")
-    event_id = "sha256:" + hashlib.sha256(body).hexdigest()
-    headers = {h: request.headers[h] for h in KEPT_HEADERS if h in request.headers}
-    try:
-        payload: Any = json.loads(body)
-        if not isinstance(payload, dict):
-            raise ValueError("not an object")
-    except (ValueError, UnicodeDecodeError):
-        async with as_service(request) as conn:
-            await conn.execute("select * from private.receive_event('meta', %s, null, %s, %s, %s, null, true)",
-                               (event_id, Jsonb(headers), body, app_id))
-        raise ApiError(400, "malformed_body", "the body is not a JSON object; it was kept for inspection")
-    provider = PROVIDER_OF_OBJECT.get(payload.get("object"), "meta")
-    row = await _service_call(request, "select event_id, inserted from private.receive_event(%s, %s, %s, %s, null, %s)",
-                              (provider, event_id, Jsonb(payload), Jsonb(headers), app_id))
-    return Response(b'{"received":true,"event_id":%d,"duplicate":%s}' % (row["event_id"], b"false" if row["inserted"] else b"true"),
-                    media_type="application/json")
-
-
-async def _service_call(request: Request, sql: str, params) -> dict:
-    """One statement as service_role in its own transaction, sent in a single round trip (pipeline):
-    the webhook's hot path. Same settings as edge.db.as_service."""
-    pool = request.app.state.pool
-    async with pool.connection() as conn:
-        async with conn.pipeline() as pipeline:
-            await conn.execute("begin")
-            await conn.execute("select set_config('role', 'service_role', true), set_config('request.jwt.claims', %s, true)",
-                               ('{"role":"service_role"}',))
-            cur = await conn.execute(sql, params)
-            await conn.execute("commit")
-            await pipeline.sync()
-            return await cur.fetchone()
-
 
 class WebChatMessage(BaseModel):
     session_id: str = Field(min_length=8, max_length=128, pattern=r"^[A-Za-z0-9_.:-]{8,128}$",
@@ -214,10 +130,6 @@ async def _channel_secret(request: Request, channel_id: str, kind: str) -> tuple
     return row, creds
 
 
-TWILIO_STATUS = {"queued": "queued", "accepted": "queued", "sending": "queued", "sent": "sent",
-                 "delivered": "delivered", "read": "read", "undelivered": "failed", "failed": "failed"}
-
-
 TWILIO_FORM = {"type": "object", "additionalProperties": {"type": "string"}, "properties": {
     "MessageSid": {"type": "string"}, "From": {"type": "string"}, "To": {"type": "string"}, "Body": {"type": "string"},
     "NumMedia": {"type": "string", "pattern": "^[0-9]{1,2}$"}, "MessageStatus": {"type": "string"},
@@ -230,33 +142,20 @@ TWILIO_FORM = {"type": "object", "additionalProperties": {"type": "string"}, "pr
     security=oa.NO_SECURITY))
 async def twilio_event(channel_id: UUID, request: Request):
     """Twilio inbound SMS and status callbacks (form-encoded, X-Twilio-Signature checked first)."""
-    from worker.adapters.twilio import signature_ok as twilio_signature_ok
-
     ch, creds = await _channel_secret(request, channel_id, "sms_twilio")
     params = {k: str(v) for k, v in (await request.form()).items()}
     # The URL Twilio signed (public URL behind a proxy, query string included): edge/webhook_urls.py.
     header = ascii_header(request, "x-twilio-signature")
     url = signed_url(request, (ch["settings"] or {}).get("webhook_url"))
-    if not any(twilio_signature_ok(creds.get("auth_token", ""), u, params, header) for u in url_variants(url)):
+    if not any(twilio.signature_ok(creds.get("auth_token", ""), u, params, header) for u in url_variants(url)):
         raise ApiError(401, "bad_signature", "X-Twilio-Signature does not match",
                        hint="behind a proxy set LUNA_PUBLIC_URL (or the channel's settings.webhook_url) to the URL "
                             "Twilio calls; the signature covers it with its query string")
-    sid = params.get("MessageSid") or params.get("SmsSid") or ""
-    media = params.get("NumMedia", "0") or "0"
-    if not (media.isascii() and media.isdigit() and int(media) <= 10):  # Twilio sends 0-10
-        raise ApiError(400, "malformed_body", "NumMedia must be a number from 0 to 10")
-    if "Body" in params:
-        payload = {"from": params.get("From"), "phone": params.get("From"), "message_id": sid, "body": params["Body"],
-                   "type": "media" if int(media) else "text",
-                   "attachments": [{"url": params.get(f"MediaUrl{i}"), "mime_type": params.get(f"MediaContentType{i}")}
-                                   for i in range(int(media))]}
-        event_id = f"twilio:{sid}"
-    else:
-        status = params.get("MessageStatus", "")
-        payload = {"status": {"provider_message_id": sid, "status": TWILIO_STATUS.get(status, "sent"),
-                              "error_code": params.get("ErrorCode"), "error_message": params.get("ErrorMessage")}}
-        event_id = f"twilio:{sid}:{status}"
-    row = await _service_call(request, "select event_id, inserted from private.receive_event('sms', %s, %s, '{}', null, null, %s)",
+    try:
+        event_id, payload = twilio.form_event(params)
+    except ValueError as exc:
+        raise ApiError(400, "malformed_body", str(exc))
+    row = await service_call(request, "select event_id, inserted from private.receive_event('sms', %s, %s, '{}', null, null, %s)",
                               (event_id, Jsonb(payload), channel_id))
     return Response(b"<Response/>" if row else b"", media_type="application/xml")
 
@@ -276,13 +175,11 @@ async def telegram_event(channel_id: UUID, request: Request):
         raise ApiError(400, "malformed_body", "the body is not JSON")
     if not isinstance(update, dict):
         raise ApiError(400, "malformed_body", "a Telegram Update is a JSON object")
-    from worker.adapters.telegram import update_payload
-
     # The sender (not the chat) is the contact; a group is one conversation; an edit updates the message.
-    payload = update_payload(update)
+    payload = telegram.update_payload(update)
     if payload is None:
         return {"received": True, "ignored": True}
-    row = await _service_call(request, "select event_id, inserted from private.receive_event('telegram', %s, %s, '{}', null, null, %s)",
+    row = await service_call(request, "select event_id, inserted from private.receive_event('telegram', %s, %s, '{}', null, null, %s)",
                               (f"tg:{channel_id}:{update.get('update_id')}", Jsonb(payload), channel_id))
     return {"received": True, "duplicate": not row["inserted"]}
 
@@ -302,12 +199,8 @@ async def set_credentials(channel_id: UUID, req: CredentialsRequest, request: Re
         raise ApiError(404, "not_found", "no such channel")
     if not row["allowed"]:
         raise ApiError(403, "forbidden", "only owners and admins manage channel credentials")
-    stored = "fernet:" + secrets._fernet().encrypt(json.dumps(req.credentials).encode()).decode()
     async with as_service(request) as service:
-        if (await (await service.execute("select to_regclass('vault.decrypted_secrets') is not null as v")).fetchone())["v"]:
-            vid = (await (await service.execute("select vault.create_secret(%s, %s) as id",
-                                                (json.dumps(req.credentials), f"channel:{channel_id}"))).fetchone())["id"]
-            stored = f"vault:{vid}"
+        stored = await secrets.aencrypt(service, json.dumps(req.credentials), f"channel:{channel_id}")
         await service.execute("select private.set_channel_secret(%s, %s)", (channel_id, stored))
     return Response(status_code=204)
 
@@ -319,9 +212,6 @@ async def message_media(message_id: UUID, request: Request, index: int = PathPar
     from the Cloud API with the channel's token (the token never leaves the server)."""
     import httpx
     from fastapi.responses import StreamingResponse
-
-    from worker.adapters.base import AdapterError
-    from worker.adapters.whatsapp import WhatsAppAdapter
 
     row = await (await conn.execute(
         "select m.attachments, v.channel_account_id from public.messages m join public.conversations v "
@@ -335,7 +225,7 @@ async def message_media(message_id: UUID, request: Request, index: int = PathPar
     token = creds.get("access_token")
     if not token:
         raise ApiError(409, "no_credentials", "the channel has no access token")
-    adapter = WhatsAppAdapter((ch["settings"] or {}).get("base_url"))
+    adapter = GraphAdapter((ch["settings"] or {}).get("base_url"))
     try:
         info = await adapter.media_info(media_id, token)
     except AdapterError as exc:

@@ -2,23 +2,21 @@
 
     POST /v1/leads                    a landing-page form (X-Form-Key) or a signed-in user (JWT)
     POST /v1/leads/import             a CSV upload, streamed (JWT with leads write, or a service key + ?tenant=)
-    GET  /v1/leads/webhooks/meta      Meta's subscription handshake (hub.verify_token)
-    POST /v1/leads/webhooks/meta      Meta Lead Ads `leadgen` events (X-Hub-Signature-256), stored raw
-                                      first, then fetched from the Graph API by the worker (leads.meta_fetch)
 
-Every source ends in private.ingest_lead / private.ingest_staged (the dedupe rule lives in SQL).
-Meta settings come from the environment: LUNA_META_APP_SECRET and LUNA_META_VERIFY_TOKEN.
+Meta Lead Ads webhooks (GET/POST /v1/leads/webhooks/meta and /v1/webhooks/meta/{app_id}) are the one
+Meta webhook module, edge/routes/meta.py: leadgen changes are stored raw, then fetched from the Graph
+API by the worker (leads.meta_fetch). Every source ends in private.ingest_lead / private.ingest_staged
+(the dedupe rule lives in SQL).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import os
 import tempfile
 
 from fastapi import APIRouter, Request, Security
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse
 from psycopg.types.json import Jsonb
 
 from .. import auth
@@ -140,76 +138,3 @@ def _import_sync(url: str, tenant: str, spool, source: str):
     with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
         conn.execute("set role service_role")
         return import_csv(conn, tenant, chunks(), source=source)
-
-
-# ----------------------------------------------------------------------------------- Meta Lead Ads
-def _meta_secret() -> str | None:
-    return os.environ.get("LUNA_META_APP_SECRET")
-
-
-def signature_ok(secret: str, body: bytes, header: str | bytes | None) -> bool:
-    return auth.hmac_sha256_ok(secret, body, header)  # hex decoded first; never raises on odd characters
-
-
-@router.get("/v1/leads/webhooks/meta", response_class=PlainTextResponse,
-            openapi_extra=oa.op(params=oa.HUB_QUERY, security=oa.NO_SECURITY))
-async def meta_verify(request: Request):
-    params = request.query_params
-    expected = os.environ.get("LUNA_META_VERIFY_TOKEN")
-    if params.get("hub.mode") != "subscribe" or not auth.secret_equal(params.get("hub.verify_token"), expected):
-        raise ApiError(403, "verification_failed", "hub.mode or hub.verify_token does not match")
-    return PlainTextResponse(params.get("hub.challenge", ""))
-
-
-@router.post("/v1/leads/webhooks/meta", openapi_extra=oa.op(
-    body=oa.raw_body("application/json", oa.JSON_OBJECT, description="Meta's leadgen webhook (the signature covers "
-                     "these exact bytes)"), params=[oa.HUB_SIGNATURE], security=oa.NO_SECURITY))
-async def meta_leadgen(request: Request):
-    """Store each leadgen change raw (idempotent by leadgen_id) and queue the Graph fetch."""
-    body = await request.body()
-    secret = _meta_secret()
-    if not secret:
-        raise ApiError(503, "not_configured", "LUNA_META_APP_SECRET is not set; Meta webhooks are refused")
-    if not signature_ok(secret, body, auth.header_bytes(request, "x-hub-signature-256")):
-        raise ApiError(401, "bad_signature", "X-Hub-Signature-256 does not match the body",
-                       hint="sign the raw body with HMAC-SHA256 and the app secret")
-    try:
-        event = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "invalid_json", "the body is not JSON")
-    changes = []
-    for entry in (event.get("entry") or []) if isinstance(event, dict) else []:
-        for change in entry.get("changes") or []:
-            value = change.get("value") or {}
-            if change.get("field") == "leadgen" and value.get("leadgen_id"):
-                changes.append(value)
-    stored = queued = 0
-    async with as_service(request) as conn:
-        for value in changes:
-            page_id = str(value.get("page_id") or entry_page(event))
-            src = await (await conn.execute(
-                "select tenant_id from public.lead_sources where kind = 'meta' and enabled and config ->> 'page_id' = %s "
-                "order by created_at limit 1", (page_id,))).fetchone()
-            tenant = str(src["tenant_id"]) if src else None
-            row = await (await conn.execute("""
-                insert into private.lead_webhooks (provider, external_id, tenant_id, payload, status)
-                values ('meta_leadgen', %s, %s, %s, %s)
-                on conflict (provider, external_id) do nothing returning id""",
-                (str(value["leadgen_id"]), tenant, Jsonb(value), "received" if tenant else "ignored"))).fetchone()
-            if row is None:
-                continue  # a replay: already stored
-            stored += 1
-            if tenant:
-                await conn.execute(
-                    "select private.enqueue_job('leads.meta_fetch', %s, %s, now(), %s)",
-                    (Jsonb({"webhook_id": row["id"], "leadgen_id": str(value["leadgen_id"]), "page_id": page_id,
-                            "form_id": value.get("form_id")}), tenant, f"meta-leadgen:{value['leadgen_id']}"))
-                queued += 1
-    return {"received": len(changes), "stored": stored, "queued": queued}
-
-
-def entry_page(event: dict) -> str:
-    for entry in event.get("entry") or []:
-        if entry.get("id"):
-            return str(entry["id"])
-    return ""

@@ -75,7 +75,7 @@ def send(quick: bool = False, rate: float = 80.0, workers: int = 2) -> dict:
                     insert into public.channel_accounts (tenant_id, kind, name, external_id, settings)
                     values ('00000000-0000-4000-8000-000000000001', 'whatsapp', 'Bench', %s,
                             jsonb_build_object('base_url', %s::text, 'rate_per_s', %s::numeric)) returning id""",
-                                       (PHONE_ID, base + "/v21.0", rate)).fetchone()["id"]
+                                       (PHONE_ID, base, rate)).fetchone()["id"]
                 secrets.set_channel_credentials(conn, str(channel), {"access_token": "bench-token"})
                 conv = conn.execute("""
                     with ct as (insert into public.contacts (tenant_id, channel, handle, display_name)

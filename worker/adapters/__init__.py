@@ -1,1 +1,1 @@
-"""One adapter per external service, each over worker.adapters.base.HttpAdapter."""
+"""One adapter per external service, each over luna.channels.http.HttpAdapter (the Graph API's is luna/channels/graph.py)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import AdapterError, HttpAdapter
+from luna.channels.http import AdapterError, HttpAdapter
 
 KEYS = {"company_name": ("companyName", "company_name", "title", "name"), "email": ("email", "emails"),
         "phone": ("phone", "phoneNumber", "phones"), "website": ("website", "url", "domain"),

@@ -4,7 +4,7 @@ for scheduled pulls (POST /api/v1/mixed_people/search). Auth: X-Api-Key header."
 
 from __future__ import annotations
 
-from .base import AdapterError, HttpAdapter, require
+from luna.channels.http import AdapterError, HttpAdapter, require
 
 
 BULK_LIMIT = 10

@@ -3,7 +3,7 @@ company (no data, not an error); 202 = queued, ask again later."""
 
 from __future__ import annotations
 
-from .base import AdapterError, HttpAdapter
+from luna.channels.http import AdapterError, HttpAdapter
 
 
 class ClearbitAdapter(HttpAdapter):

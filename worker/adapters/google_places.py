@@ -3,7 +3,7 @@ X-Goog-FieldMask) -> businesses as leads."""
 
 from __future__ import annotations
 
-from .base import AdapterError, HttpAdapter
+from luna.channels.http import AdapterError, HttpAdapter
 
 FIELD_MASK = ("places.id,places.displayName,places.formattedAddress,places.internationalPhoneNumber,"
               "places.nationalPhoneNumber,places.websiteUri,places.primaryType")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import AdapterError, HttpAdapter, require
+from luna.channels.http import AdapterError, HttpAdapter, require
 
 
 class HunterAdapter(HttpAdapter):

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 
-from .base import AdapterError, HttpAdapter, require
+from luna.channels.http import AdapterError, HttpAdapter, require
 
 RETRYABLE_CODES = {"80"}
 
@@ -21,10 +21,7 @@ RETRYABLE_CODES = {"80"}
 class NetgsmAdapter(HttpAdapter):
     module = "netgsm"
     default_base_url = "https://api.netgsm.com.tr"
-
-    def __init__(self, base_url: str | None = None, **kwargs):
-        kwargs.setdefault("retries", 0)
-        super().__init__(base_url, **kwargs)
+    default_retries = 0  # the outbound queue retries, visibly
 
     def classify(self, response: httpx.Response, body: Any) -> AdapterError | None:
         if response.is_success and isinstance(body, dict) and body.get("code") not in (None, "00"):

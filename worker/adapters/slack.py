@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import HttpAdapter
+from luna.channels.http import HttpAdapter
 
 
 class SlackAdapter(HttpAdapter):

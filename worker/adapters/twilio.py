@@ -2,51 +2,33 @@
 
 Send: POST /2010-04-01/Accounts/{AccountSid}/Messages.json (form: To, From | MessagingServiceSid, Body;
 HTTP Basic with the account SID and auth token) answers the Message resource {sid, status, ...}.
-Errors answer {code, message, more_info, status}. Inbound and status webhooks are signed:
-X-Twilio-Signature = base64(HMAC-SHA1(auth token, URL + each POST param name+value sorted by name)).
+Errors answer {code, message, more_info, status}. Inbound and status webhooks (signature and form) are
+read in the core: luna/channels/twilio.py.
 """
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 from typing import Any
 
 import httpx
 
-from .base import AdapterError, HttpAdapter, _retry_after, require
+from luna.channels.http import AdapterError, HttpAdapter, require
 
 # 20429: too many requests; 30001: queue overflow (both transient).
 RETRYABLE_CODES = {20429, 30001}
 
 
-def signature(auth_token: str, url: str, params: dict[str, str]) -> str:
-    data = url + "".join(f"{k}{params[k]}" for k in sorted(params))
-    return base64.b64encode(hmac.new(auth_token.encode(), data.encode(), hashlib.sha1).digest()).decode()
-
-
-def signature_ok(auth_token: str, url: str, params: dict[str, str], header: str | None) -> bool:
-    return bool(header) and hmac.compare_digest(signature(auth_token, url, params), header)
-
-
 class TwilioAdapter(HttpAdapter):
     module = "twilio"
     default_base_url = "https://api.twilio.com"
-
-    def __init__(self, base_url: str | None = None, **kwargs):
-        kwargs.setdefault("retries", 0)
-        super().__init__(base_url, **kwargs)
+    default_retries = 0  # the outbound queue retries, visibly
 
     def classify(self, response: httpx.Response, body: Any) -> AdapterError | None:
         if response.is_success:
             return None
         if not isinstance(body, dict) or "code" not in body:
             return super().classify(response, body)
-        code = body.get("code")
-        retryable = response.status_code in (429, 500, 502, 503, 504) or code in RETRYABLE_CODES
-        return AdapterError(f"code={code}: {body.get('message')}", status=response.status_code, retryable=retryable,
-                            code=str(code), retry_after=_retry_after(response), body=body)
+        return self.coded_error(response, body.get("code"), body.get("message"), body, RETRYABLE_CODES)
 
     async def send(self, account_sid: str, auth_token: str, sender: str, to: str, body: str,
                    status_callback: str | None = None) -> str:

@@ -3,7 +3,7 @@ results about a company, for the qualifier's context."""
 
 from __future__ import annotations
 
-from .base import AdapterError, HttpAdapter
+from luna.channels.http import AdapterError, HttpAdapter
 
 
 class WebSearchAdapter(HttpAdapter):

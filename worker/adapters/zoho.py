@@ -8,7 +8,7 @@ from typing import Any
 
 import httpx
 
-from .base import AdapterError, HttpAdapter, require
+from luna.channels.http import AdapterError, HttpAdapter, require
 
 
 class ZohoAdapter(HttpAdapter):

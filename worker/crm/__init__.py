@@ -4,16 +4,16 @@
 - LUNA Module 4.1: the leads queue's "crm_sync" module (QUALIFIED leads) calls private.sync_lead_to_crm;
   a rule failure ends the lead in CRM_ERROR with the reason (the route's failure status);
 - jobs: crm.card_moved (the stage-move integration hook), crm.zoho_sync (optional outbound sync to
-  Zoho CRM), crm.notify_rep (e-mail / WhatsApp notice to the assigned rep when configured).
+  Zoho CRM), crm.notify_rep (e-mail / WhatsApp notice to the assigned rep when configured, queued on
+  the outbound queue).
 
 Exactly once: sync_lead_to_crm takes a step mark in its own transaction (a retry returns the first
-result), rep notices record theirs as the provider answers (worker/steps.py), the Zoho sync upserts
+result), rep notices are messages of the outbound queue (one per job, by idempotency key), the Zoho sync upserts
 with duplicate checks and keeps the external ids as each call answers.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import logging
@@ -22,7 +22,6 @@ import time
 import psycopg
 
 from luna import secrets
-from worker import steps
 from worker.adapters.zoho import ZohoAdapter, contact_record, deal_record
 from worker.errors import JobError
 from worker.leads import LEADS
@@ -128,46 +127,24 @@ async def card_moved(ctx, row: dict):
     return await sync_customer_to_zoho(ctx, row["tenant_id"], row["payload"]["customer_id"])
 
 
-async def _once(ctx, row: dict, fn):
-    """The notice is sent once per job: the step mark is written the moment the provider answers, so a
-    worker that dies before the job settles does not send it again on the retry."""
-    if row.get("id") is None:
-        return await fn()
-    result, _ = await steps.once(ctx, f"crm.notify_rep:job:{row['id']}", row.get("tenant_id"), fn)
-    return result
-
-
 @job("crm.notify_rep")
 async def notify_rep(ctx, row: dict):
+    """Queue the notice to the rep a lead was assigned to, on the tenant's e-mail or WhatsApp channel,
+    through the outbound queue like any message (rate slots, channel limits, the 24-hour window,
+    exactly-once sends): private.crm_queue_rep_notice (functions/channels.sql). The message's
+    idempotency key is the job's, so a retried job queues nothing twice."""
     p = row["payload"]
-    notice = (await _one(ctx, "select private.crm_rep_notice(%s, %s, %s) as n", row["tenant_id"], p["rep"], p.get("customer_id")))["n"]
-    if not notice:
-        return {"skipped": "rep or settings missing"}
-    # SMTP and WhatsApp credentials are tenant secrets (crm_settings:smtp.password, crm_settings:whatsapp.token).
-    notice.update(await secrets.aconfig(ctx, row["tenant_id"], "crm_settings",
-                                        {"smtp": notice.get("smtp") or {}, "whatsapp": notice.get("whatsapp") or {}}))
-    customer = notice.get("customer") or {}
-    text = f"Yeni HOT lead size atandı: {customer.get('full_name')} {customer.get('phone') or ''} ({customer.get('source') or '-'})"
-    if p["channel"] == "email":
-        smtp = notice.get("smtp") or {}
-        if not smtp.get("host") or not notice.get("email"):
-            return {"skipped": "smtp not configured"}
-        from worker.adapters import smtp_mail
-
-        message_id = await _once(ctx, row, lambda: asyncio.to_thread(
-            smtp_mail.send, smtp["host"], int(smtp.get("port", 25)), smtp.get("sender", "luna@localhost"),
-            {"to": notice["email"], "subject": "LUNA: yeni müşteri ataması", "body": text},
-            username=smtp.get("username"), password=smtp.get("password"), starttls=bool(smtp.get("starttls"))))
-        return {"email": message_id}
-    if p["channel"] == "whatsapp":
-        wa = notice.get("whatsapp") or {}
-        if not wa.get("phone_number_id") or not wa.get("token") or not notice.get("phone"):
-            return {"skipped": "whatsapp not configured"}
-        from worker.adapters.whatsapp import WhatsAppAdapter
-
-        adapter = ctx.adapter(f"whatsapp:{wa.get('base_url')}", lambda: WhatsAppAdapter(wa.get("base_url")))
-        adapter.breaker = ctx.breaker
-        wamid = await _once(ctx, row, lambda: adapter.send(wa["phone_number_id"], wa["token"],
-                                                          {"to": notice["phone"], "body": text}))
-        return {"whatsapp": wamid}
-    raise JobError(f"unknown channel {p['channel']!r}", retryable=False)
+    if p.get("channel") not in ("email", "whatsapp"):
+        raise JobError(f"unknown channel {p.get('channel')!r}", retryable=False)
+    # The job's own key (crm.notify_rep:<channel>:<lead>...), else one per job, else per rep and customer.
+    key = row.get("idempotency_key") or (f"crm.notify_rep:job:{row['id']}" if row.get("id") is not None else
+                                         f"crm.notify_rep:{p['channel']}:{p['rep']}:{p.get('customer_id')}")
+    try:
+        return (await _one(ctx, "select private.crm_queue_rep_notice(%s, %s, %s, %s, %s) as r",
+                           row["tenant_id"], p["rep"], p.get("customer_id"), p["channel"], key))["r"]
+    except psycopg.Error as exc:
+        detail = (exc.diag.message_detail or "") if exc.diag else ""
+        code = detail[5:].split(";")[0] if detail.startswith("code=") else exc.sqlstate
+        # A rule of the channel (outside the 24-hour window, limits): retrying will not help.
+        raise JobError(f"code={code}: {exc.diag.message_primary if exc.diag else exc}",
+                       retryable=not (exc.sqlstate or "").startswith(("PT", "P0")), code=code) from exc

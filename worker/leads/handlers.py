@@ -21,7 +21,7 @@ import os
 from luna import ai, secrets
 from luna.normalize import tr_title
 from worker.adapters.apollo import BULK_LIMIT, ApolloAdapter
-from worker.adapters.base import KeyBatcher
+from luna.channels.http import KeyBatcher
 from worker.adapters.clearbit import ClearbitAdapter
 from worker.adapters.hunter import HunterAdapter
 from worker.adapters.web_search import WebSearchAdapter

@@ -11,10 +11,10 @@ import os
 from psycopg.types.json import Jsonb
 
 from luna import secrets
+from luna.channels.graph import GraphAdapter
 from worker.adapters.apify import ApifyAdapter
 from worker.adapters.apollo import ApolloAdapter
 from worker.adapters.google_places import GooglePlacesAdapter
-from worker.adapters.meta_graph import MetaGraphAdapter
 from worker.adapters.slack import SlackAdapter
 from worker.errors import JobError, Permanent
 from worker.registry import every, job
@@ -62,9 +62,7 @@ async def _meta_fetch_failed(ctx, row: dict, exc: JobError) -> JobError:
     if webhook_id is not None:
         try:
             async with ctx.pool.connection() as conn:
-                await conn.execute("update private.lead_webhooks set status = case when %s then 'failed' else status end, "
-                                   "error = %s where id = %s and status = 'received'",
-                                   (terminal, reason[:4000], webhook_id))
+                await conn.execute("select private.lead_webhook_settle(%s, null, %s, %s)", (webhook_id, reason, terminal))
         except Exception as db_exc:  # the job's own failure still records the reason
             log.warning("meta_fetch: marking webhook %s failed did not work: %s", webhook_id, db_exc)
     return JobError(reason, retryable=exc.retryable, code=exc.code, retry_after=exc.retry_after)
@@ -82,19 +80,18 @@ async def _meta_fetch(ctx, row: dict):
     base = conf.get("graph_base_url") or os.environ.get("META_GRAPH_BASE_URL")
 
     def make():
-        a = MetaGraphAdapter(token, base_url=base, timeout=10, retries=1)
+        a = GraphAdapter(base, timeout=10, retries=1)
         a.breaker = ctx.breaker
         return a
 
-    graph = ctx.adapter(f"meta_graph:{base}:{token}", make)
-    lead = await graph.lead(p["leadgen_id"])
-    payload = MetaGraphAdapter.to_payload(lead)
+    graph = ctx.adapter(f"meta_graph:{base}", make)
+    lead = await graph.lead(p["leadgen_id"], token)
+    payload = GraphAdapter.lead_payload(lead)
     payload["form_id"] = p.get("form_id")
     async with ctx.pool.connection() as conn:
         async with conn.transaction():
             result = await ingest(conn, tenant, "meta", payload)
-            await conn.execute("update private.lead_webhooks set status = 'processed', lead_id = %s, error = null "
-                               "where id = %s", (result["lead_id"], p["webhook_id"]))
+            await conn.execute("select private.lead_webhook_settle(%s, %s)", (p["webhook_id"], result["lead_id"]))
     return result
 
 
@@ -149,51 +146,27 @@ async def pull_due_sources(ctx) -> None:
         except Exception as exc:  # BreakerOpen, adapter errors: recorded, tried again next time
             counts, error = None, f"{type(exc).__name__}: {exc}"
         async with ctx.pool.connection() as conn:
-            await conn.execute("update public.lead_sources set last_pulled_at = now(), last_error = %s where id = %s",
-                               (error, source["id"]))
-            await conn.execute("""insert into public.processing_logs (tenant_id, module, action, result, detail, error)
-                                  values (%s, %s, 'pull', %s, %s, %s)""",
-                               (source["tenant_id"], source["kind"], "error" if error else "ok",
-                                Jsonb(counts or {}), error))
+            await conn.execute("select private.lead_source_pulled(%s, %s, %s)", (source["id"], Jsonb(counts or {}), error))
 
 
 # ------------------------------------------------------------------------------------------ alerts
-ALERTS_CURSOR = "leads.alerts"
-
-
 @every("leads.alerts", seconds=30)
 async def send_alerts(ctx) -> int:
     """New errors that sent a lead to review (and open breakers) become in-app notifications for the
-    tenant's supervisors and, when configured, Slack messages.
+    tenant's owners, admins and supervisors and, when configured, Slack messages.
 
-    The position is private.cursors['leads.alerts'] (the last processing_logs id seen): notifications
-    and the cursor move in one transaction, so a crash never repeats or skips them; Slack is posted
-    after that commit (at most once). The first run starts at the newest log row."""
+    private.lead_alerts_take (functions/channels.sql) notifies and moves the cursor
+    (private.cursors['leads.alerts']) in one transaction, so a crash never repeats or skips them; Slack
+    is posted after that commit (at most once). The first run starts at the newest log row."""
     async with ctx.pool.connection() as conn:
-        async with conn.transaction():
-            row = await (await conn.execute(
-                "select position from private.cursors where name = %s for update", (ALERTS_CURSOR,))).fetchone()
-            if row is None:
-                await conn.execute("""insert into private.cursors (name, position)
-                                      select %s, coalesce(max(id), 0) from public.processing_logs
-                                      on conflict (name) do nothing""", (ALERTS_CURSOR,))
-                return 0
-            rows = await (await conn.execute("""
-                select p.id, p.tenant_id, p.lead_id, p.module, p.to_status, left(p.error, 300) as error,
-                       (select tf.enabled from public.tenant_features tf
-                         where tf.tenant_id = p.tenant_id and tf.feature = 'leads.alerts.slack' and tf.enabled) as webhook
-                from public.processing_logs p
-                where p.id > %s and p.result = 'error' order by p.id limit 200""", (row["position"],))).fetchall()
-            opened = await (await conn.execute(
-                "select module_name, last_error from public.module_health where health_status = 'OPEN' "
-                "and opened_at > now() - interval '30 seconds'")).fetchall()
-            if rows:
-                await _notify_supervisors(conn, rows)
-                await conn.execute("update private.cursors set position = %s, updated_at = now() where name = %s",
-                                   (max(r["id"] for r in rows), ALERTS_CURSOR))
+        rows = (await (await conn.execute("select private.lead_alerts_take(200) as r")).fetchone())["r"]
+        opened = await (await conn.execute(
+            "select module_name, last_error from public.module_health where health_status = 'OPEN' "
+            "and opened_at > now() - interval '30 seconds'")).fetchall() if rows else []
     hooks: dict = {}  # the webhook URL is a tenant secret (leads.alerts.slack:webhook_url)
     for r in rows:
-        if r["webhook"]:
+        r["webhook"] = None
+        if r["slack"]:
             if r["tenant_id"] not in hooks:
                 hooks[r["tenant_id"]] = (await secrets.aconfig(ctx, r["tenant_id"], "leads.alerts.slack", {})).get("webhook_url")
             r["webhook"] = hooks[r["tenant_id"]]
@@ -203,28 +176,10 @@ async def send_alerts(ctx) -> int:
             text = (f":rotating_light: LUNA lead {r['lead_id']} -> {r['to_status']} in {r['module']}: {r['error']}")
             sent += await _slack(ctx, r["webhook"], text)
     if opened and rows:
-        hooks = {r["webhook"] for r in rows if r["webhook"]}
-        for hook in hooks:
+        for hook in {r["webhook"] for r in rows if r["webhook"]}:
             text = "; ".join(f"circuit breaker OPEN for {o['module_name']}: {o['last_error']}" for o in opened)
             sent += await _slack(ctx, hook, f":warning: {text}")
     return sent
-
-
-async def _notify_supervisors(conn, rows) -> None:
-    """In-app notifications (the CRM area's public.notifications, when it exists) for each tenant's
-    owners, admins and supervisors, in the caller's transaction."""
-    exists = await (await conn.execute("select to_regclass('public.notifications') is not null as ok")).fetchone()
-    if not exists["ok"]:
-        return
-    await conn.execute("""
-        insert into public.notifications (tenant_id, user_id, kind, title, body, data)
-        select a.tenant_id, m.user_id, 'lead_alert', 'Lead needs attention: ' || a.module, a.error,
-               jsonb_build_object('lead_id', a.lead_id, 'status', a.to_status, 'module', a.module)
-        from jsonb_to_recordset(%s) as a(tenant_id uuid, lead_id uuid, module text, to_status text, error text)
-        join public.tenant_members m on m.tenant_id = a.tenant_id and m.active
-             and m.role in ('owner', 'admin', 'supervisor')""",
-        (Jsonb([{k: (str(r[k]) if r[k] is not None else None) for k in ("tenant_id", "lead_id", "module", "to_status", "error")}
-                for r in rows]),))
 
 
 async def _slack(ctx, url: str, text: str) -> int:

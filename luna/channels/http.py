@@ -1,5 +1,7 @@
 """The shared HTTP adapter: configurable base URL, timeouts, retries with backoff (honouring
-Retry-After), JSON validation, optional circuit breaker. Each provider subclasses it."""
+Retry-After), JSON validation, optional circuit breaker. Each provider subclasses it (worker/adapters/,
+luna/channels/graph.py). It lives in the core because edge (the media proxy) and the worker both call
+providers through it."""
 
 from __future__ import annotations
 
@@ -10,8 +12,7 @@ from typing import Any
 
 import httpx
 
-from ..breaker import Breaker
-from ..errors import JobError, Permanent
+from luna.errors import JobError, Permanent
 
 RETRYABLE_STATUS = {408, 425, 429, 500, 502, 503, 504}
 
@@ -25,16 +26,19 @@ class AdapterError(JobError):
 
 
 class HttpAdapter:
-    #: module name used for the circuit breaker and metrics (e.g. "apollo", "whatsapp")
+    #: module name used for the circuit breaker and metrics (e.g. "apollo", "meta"); the breaker is any
+    #: object with an async context manager guard(module) (worker/breaker.py)
     module: str = "http"
     default_base_url: str = ""
+    #: attempts after the first; channel senders set 0: their queue retries visibly, with its backoff
+    default_retries: int = 2
 
-    def __init__(self, base_url: str | None = None, *, timeout: float = 10.0, retries: int = 2,
-                 backoff: float = 0.5, max_backoff: float = 8.0, breaker: Breaker | None = None,
+    def __init__(self, base_url: str | None = None, *, timeout: float = 10.0, retries: int | None = None,
+                 backoff: float = 0.5, max_backoff: float = 8.0, breaker=None,
                  client: httpx.AsyncClient | None = None, headers: dict[str, str] | None = None):
         self.base_url = (base_url or self.default_base_url).rstrip("/")
         self.timeout = timeout
-        self.retries = retries
+        self.retries = self.default_retries if retries is None else retries
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.breaker = breaker
@@ -60,6 +64,14 @@ class HttpAdapter:
             f"{self.module} answered HTTP {response.status_code}: {_short(body)}",
             status=response.status_code, retryable=response.status_code in RETRYABLE_STATUS,
             code=f"http_{response.status_code}", retry_after=retry_after, body=body)
+
+    def coded_error(self, response: httpx.Response, code: Any, message: str, body: Any,
+                    retryable_codes: frozenset | set = frozenset()) -> AdapterError:
+        """A provider's error answer that carries its own code: `code=<code>: <message>`, retryable on
+        429 / 5xx or a code the provider documents as transient."""
+        retryable = response.status_code in (429, 500, 502, 503, 504) or code in retryable_codes
+        return AdapterError(f"code={code}: {message}", status=response.status_code, retryable=retryable,
+                            code=str(code), retry_after=_retry_after(response), body=body)
 
     async def request(self, method: str, path: str, *, expect_json: bool = True, **kwargs) -> Any:
         """One logical call: retried on retryable errors, guarded by the breaker when one is set."""

@@ -1,14 +1,22 @@
-"""A fake WhatsApp Cloud API (Graph API) following the documented shapes.
+"""One fake Meta Graph API (as luna/channels/graph.py is one adapter), following the documented shapes:
+WhatsApp Cloud API sends, message templates and media; the Messenger / Instagram Send API; Marketing
+API insights (with paging); the Conversions API (deduplicating by event_id, as Meta does); Lead Ads
+lead fetches. Every call needs one of `tokens` (a bearer token, or ?access_token=).
 
-    fake = FakeWhatsApp()
-    with serve(fake.app) as base:         # channel settings base_url = base + "/v21.0"
-        fake.plan(429, 429)               # the next two sends are throttled (error code 130429)
+    fake = FakeGraph()
+    with serve(fake.app) as base:         # channel settings base_url = base (the version is the adapter's)
+        fake.plan(429, 429)               # the next two WhatsApp sends are throttled (error code 130429)
         fake.plan_error(400, 131047, "Re-engagement message")   # then a permanent error
 
-Recipients as Meta's "Business-scoped user IDs" documentation describes: "to" is a phone number
+WhatsApp recipients as Meta's "Business-scoped user IDs" documentation describes: "to" is a phone number
 (wa_id), "recipient" a business-scoped user id (BSUID, "US.13491208655302741918"); "to" wins when both
 are sent. The answer's contacts[] echoes the input with wa_id (phone sends) or user_id (BSUID sends).
-A BSUID in "to", or a phone in "recipient", is refused like a bad parameter.
+A BSUID in "to", or a phone in "recipient", is refused like a bad parameter. A body without
+messaging_product is a page's Send API message (sent to `page_sent`).
+
+Lead Ads: GET /{version}/{leadgen_id} answers {id, created_time, field_data: [{name, values}], ...} for
+the ids in `leads` (LEADS by default), Graph error 100/33 for any other; `modes` (tests/fakes/failures.py)
+makes the next fetches fail.
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from collections import deque
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from .failures import Modes
+
 PHONE = re.compile(r"^\+?[1-9][0-9]{6,14}$")
 BSUID = re.compile(r"^[A-Z]{2}\.[A-Za-z0-9.]{1,140}$")
 
@@ -28,10 +38,23 @@ THROTTLE = {"message": "(#130429) Rate limit hit", "type": "OAuthException", "co
             "error_data": {"messaging_product": "whatsapp", "details": "Cloud API message throughput has been reached."}}
 
 
-class FakeWhatsApp:
-    def __init__(self, token: str = "test-token"):
-        self.token = token
-        self.sent: list[dict] = []
+LEADS = {
+    "4444000000001": [("full_name", ["Dr. Ayşe Kılıç"]), ("email", ["AYSE@gulusdis.com.tr"]),
+                      ("phone_number", ["+905321112233"]), ("company_name", ["Gülüş Diş Polikliniği"]),
+                      ("city", ["İstanbul"]), ("hangi_tedavi", ["implant"])],
+}
+
+
+class FakeGraph:
+    def __init__(self, token: str = "test-token", *, tokens: tuple[str, ...] = (), leads: dict | None = None):
+        self.tokens = {token, *tokens}
+        self.sent: list[dict] = []        # WhatsApp sends
+        self.page_sent: list[dict] = []   # Messenger / Instagram sends
+        self.insight_rows: list[dict] = []
+        self.events_posted: list[dict] = []
+        self.events_unique: dict[tuple, dict] = {}
+        self.leads = LEADS if leads is None else leads
+        self.modes = Modes()
         self.templates: list[dict] = []
         self.created_templates: list[dict] = []
         self.media: dict[str, tuple[str, bytes]] = {}   # media id -> (mime type, bytes)
@@ -57,6 +80,11 @@ class FakeWhatsApp:
             error["error_subcode"] = subcode
         self._plan.append((status, {"error": error}, {}))
 
+    def _authorized(self, request: Request) -> bool:
+        bearer = request.headers.get("authorization", "")
+        given = bearer[7:] if bearer.startswith("Bearer ") else request.query_params.get("access_token")
+        return given in self.tokens
+
     def _build(self) -> FastAPI:
         app = FastAPI()
 
@@ -66,9 +94,13 @@ class FakeWhatsApp:
 
         @app.post("/{version}/{phone_number_id}/messages")
         async def send(version: str, phone_number_id: str, request: Request):
-            if request.headers.get("authorization") != f"Bearer {self.token}":
+            if not self._authorized(request):
                 return unauthorized()
             body = await request.json()
+            if "messaging_product" not in body and isinstance(body.get("recipient"), dict):
+                mid = "m_" + uuid.uuid4().hex   # the Send API of a page (Messenger, Instagram)
+                self.page_sent.append({"page_id": phone_number_id, "body": body, "mid": mid})
+                return {"recipient_id": body["recipient"]["id"], "message_id": mid}
             to, recipient = body.get("to"), body.get("recipient")
             valid_to = to is None or (isinstance(to, str) and PHONE.match(to))
             valid_recipient = recipient is None or (isinstance(recipient, str) and BSUID.match(recipient))
@@ -91,15 +123,33 @@ class FakeWhatsApp:
         async def media_bytes(media_id: str, request: Request):
             from fastapi.responses import Response
 
-            if request.headers.get("authorization") != f"Bearer {self.token}" or media_id not in self.media:
+            if not self._authorized(request) or media_id not in self.media:
                 return unauthorized()
             mime, data = self.media[media_id]
             return Response(data, media_type=mime)
 
-        @app.get("/{version}/{media_id}")
-        async def media_info(version: str, media_id: str, request: Request):
-            if request.headers.get("authorization") != f"Bearer {self.token}":
+        @app.get("/{version}/{object_id}")
+        async def get_object(version: str, object_id: str, request: Request):
+            if not self._authorized(request):
                 return unauthorized()
+            if object_id in self.media:
+                return media_info(object_id, request)
+            self.modes.calls.append({"leadgen_id": object_id})
+            if (failed := await self.modes.failure()) is not None:
+                return failed
+            if object_id not in self.leads:
+                # What the Graph API answers for an object deleted (or never visible): a lead deleted before
+                # it was fetched, a media id gone.
+                return JSONResponse({"error": {
+                    "message": f"Unsupported get request. Object with ID '{object_id}' does not exist, cannot be "
+                               "loaded due to missing permissions, or does not support this operation. Please read "
+                               "the Graph API documentation at https://developers.facebook.com/docs/graph-api",
+                    "type": "GraphMethodException", "code": 100, "error_subcode": 33,
+                    "fbtrace_id": "AbCdEfGhIjKlMnOp"}}, status_code=400)
+            return {"id": object_id, "created_time": "2026-11-24T10:00:00+0000", "form_id": "9000", "ad_id": "7000",
+                    "campaign_id": "6000", "field_data": [{"name": n, "values": v} for n, v in self.leads[object_id]]}
+
+        def media_info(media_id: str, request: Request):
             if media_id not in self.media:
                 return JSONResponse({"error": {"message": "Unsupported get request.", "type": "GraphMethodException",
                                                "code": 100, "error_subcode": 33, "fbtrace_id": "x"}}, status_code=400)
@@ -109,7 +159,7 @@ class FakeWhatsApp:
 
         @app.get("/{version}/{waba_id}/message_templates")
         async def list_templates(version: str, waba_id: str, request: Request):
-            if request.headers.get("authorization") != f"Bearer {self.token}":
+            if not self._authorized(request):
                 return unauthorized()
             return {"data": self.templates, "paging": {"cursors": {"before": "a", "after": "b"}}}
 
@@ -118,5 +168,25 @@ class FakeWhatsApp:
             body = await request.json()
             self.created_templates.append(body)
             return {"id": str(uuid.uuid4().int)[:15], "status": "PENDING", "category": body.get("category")}
+
+        @app.get("/{version}/{account}/insights")
+        async def insights(version: str, account: str, request: Request, after: int = 0):
+            if not self._authorized(request):
+                return unauthorized()
+            page = self.insight_rows[after:after + 2]
+            answer = {"data": page, "paging": {"cursors": {"before": "b", "after": "a"}}}
+            if after + 2 < len(self.insight_rows):
+                answer["paging"]["next"] = str(request.url.replace_query_params(after=after + 2))
+            return answer
+
+        @app.post("/{version}/{pixel_id}/events")
+        async def events(version: str, pixel_id: str, request: Request):
+            if not self._authorized(request):
+                return unauthorized()
+            body = await request.json()
+            for e in body["data"]:
+                self.events_posted.append(e)
+                self.events_unique.setdefault((pixel_id, e["event_name"], e["event_id"]), e)
+            return {"events_received": len(body["data"]), "messages": [], "fbtrace_id": "AbC"}
 
         return app
