@@ -161,6 +161,7 @@ create table public.workflow_steps (
   foreign key (tenant_id, run_id) references public.workflow_runs (tenant_id, id) on delete cascade
 );
 create index workflow_steps_open_idx on public.workflow_steps (run_id) where status in ('due', 'waiting');
+create index workflow_steps_run_idx on public.workflow_steps (tenant_id, run_id, seq);
 create trigger set_updated_at before update on public.workflow_steps
   for each row execute function private.set_updated_at();
 
