@@ -95,3 +95,26 @@ def test_signature_helper_round_trip():
     sig = automation.sign("s3cret", "1700000000", b'{"a":1}')
     assert sig.startswith("sha256=") and automation.verify("s3cret", "1700000000", b'{"a":1}', sig)
     assert not automation.verify("other", "1700000000", b'{"a":1}', sig)
+
+
+def test_cli_list_show_validate(db_url, conn, tmp_path):
+    from .test_cli import luna
+
+    listed = json.loads(luna(db_url, "automation", "list", "--tenant", "demo", "--json").stdout)["workflows"]
+    assert [w["name"] for w in listed] == ["Lead takibi (T+24 saat)"] and listed[0]["runs"] == 1
+    shown = json.loads(luna(db_url, "automation", "show", "00000000-0000-4000-8012-000000000121", "--json").stdout)
+    assert shown["run"]["status"] == "exited" and [s["step_key"] for s in shown["history"]] == ["bekle", "takip"]
+    assert "takip" in luna(db_url, "automation", "show", "00000000-0000-4000-8012-000000000121").stdout
+    missing = luna(db_url, "automation", "show", "00000000-0000-4000-8012-000000000999", check=False)
+    assert missing.returncode == 1 and "no run" in missing.stderr
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(GOOD))
+    assert "valid" in luna(db_url, "automation", "validate", str(good)).stdout
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"trigger": {"event": "lead.created"}, "steps": [{"id": "a", "type": "delay"}]}))
+    out = luna(db_url, "automation", "validate", str(bad), "--offline", check=False)
+    assert out.returncode == 1 and "invalid_workflow at $.steps[0]" in out.stderr
+    dangling = tmp_path / "dangling.json"
+    dangling.write_text(json.dumps({"trigger": {"event": "x.y"}, "steps": [{"id": "a", "type": "delay", "hours": 1, "next": "b"}]}))
+    out = luna(db_url, "automation", "validate", str(dangling), check=False)
+    assert out.returncode == 1 and "$.steps[0].next" in out.stderr
