@@ -763,6 +763,32 @@ begin
 end;
 $$;
 
+/*
+ * Several due steps in one transaction (the worker coalesces the step jobs it holds at the same
+ * moment): each step exactly as private.automation_run_step, in id order (locks are taken in one
+ * order by every batch); one commit for all, so a batch's effects, records and next jobs commit
+ * together or not at all. At most 32 steps (each refused action is a subtransaction; Postgres keeps
+ * 64 per transaction cheap). Returns {"<step id>": outcome, ...}. A transient error (deadlock,
+ * serialization) aborts the batch: every job in it is retried.
+ */
+create or replace function private.automation_run_steps(ids uuid[]) returns jsonb
+language plpgsql
+set search_path = ''
+as $$
+declare
+  id uuid;
+  result jsonb := '{}';
+begin
+  if cardinality(ids) > 32 then
+    raise exception 'at most 32 steps per call' using errcode = '22023';
+  end if;
+  for id in select distinct x from unnest(ids) x order by x loop
+    result := result || jsonb_build_object(id::text, private.automation_run_step(id));
+  end loop;
+  return result;
+end;
+$$;
+
 -- Record a step's outcome (from private.automation_action's answer) and move the run on.
 create or replace function private.automation_finish(r public.workflow_runs, s public.workflow_steps, def jsonb, act jsonb)
 returns jsonb
@@ -1036,10 +1062,12 @@ end;
 $$;
 
 revoke execute on function private.automation_start_runs(bigint), private.automation_run_step(uuid),
+  private.automation_run_steps(uuid[]),
   private.automation_step_done(uuid, boolean, jsonb, text, text), private.automation_opt_out_confirm(uuid),
   private.automation_advance_clock(uuid, interval), private.automation_check_definition(jsonb)
   from public, authenticated;
 grant execute on function private.automation_start_runs(bigint), private.automation_run_step(uuid),
+  private.automation_run_steps(uuid[]),
   private.automation_step_done(uuid, boolean, jsonb, text, text), private.automation_opt_out_confirm(uuid),
   private.automation_advance_clock(uuid, interval), private.automation_check_definition(jsonb)
   to service_role;

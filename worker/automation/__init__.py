@@ -2,8 +2,12 @@
 
 - 'automation.event' (enqueued by the dispatch trigger with the event, keyed by its id): start the
   runs the event calls for (private.automation_start_runs: one run per workflow and event);
-- 'automation.step' (one per run step, keyed by the step): execute it (private.automation_run_step,
-  one transaction: the effect, the step's record and the next step's row and job). A webhook step
+- 'automation.step' (one per run step, keyed by the step): execute it (private.automation_run_step:
+  the effect, the step's record and the next step's row and job commit together). The step jobs a
+  worker holds at the same moment are coalesced into one call (private.automation_run_steps, up to
+  32 steps, one commit): a commit that notifies (the next step's job wakes the workers) takes
+  Postgres's notify lock through its WAL flush, so one commit per step would cap the engine at one
+  disk flush per step across all workers. A webhook step
   is the one effect outside the database: its call is made under a step mark (worker/steps.py), so a
   worker killed after the call and before the mark is the only way it is repeated, and the receiver
   gets the same Idempotency-Key;
@@ -19,12 +23,15 @@ import logging
 
 from luna import secrets
 from worker import steps
-from worker.adapters.base import AdapterError
+from worker.adapters.base import AdapterError, KeyBatcher
 from worker.adapters.webhook import WebhookAdapter
 from worker.errors import JobError
 from worker.registry import job
 
 log = logging.getLogger("luna.worker.automation")
+
+STEP_BATCH = 32       # steps per transaction (private.automation_run_steps' limit)
+STEP_WAIT = 0.002     # seconds a step waits for others to share its transaction
 
 
 async def _call(ctx, sql: str, *args):
@@ -41,12 +48,20 @@ async def start_runs(ctx, row: dict) -> dict:
 @job("automation.step")
 async def run_step(ctx, row: dict) -> dict:
     step_id = row["payload"]["step_id"]
-    outcome = await _call(ctx, "select private.automation_run_step(%s) as r", step_id)
+    batcher = ctx.adapter("automation.steps", lambda: KeyBatcher(lambda ids: _run_steps(ctx, ids), STEP_BATCH, STEP_WAIT))
+    try:
+        outcome = dict(await batcher.get(str(step_id)))
+    except Exception as exc:  # the shared transaction failed (a deadlock, the database restarting): retry
+        raise JobError(f"running the step failed: {exc}", retryable=True) from exc
     if outcome.get("external") == "webhook":
         # The last attempt records the step's failure instead of leaving it due behind a failed job.
         outcome["attempt"], outcome["max_attempts"] = row["attempts"], row["max_attempts"]
         return await _webhook(ctx, outcome)
     return outcome
+
+
+async def _run_steps(ctx, ids: list[str]) -> dict:
+    return await _call(ctx, "select private.automation_run_steps(%s::uuid[]) as r", ids)
 
 
 async def _webhook(ctx, out: dict) -> dict:
