@@ -204,16 +204,29 @@ declare
   cust_j jsonb;
   lead_j jsonb;
 begin
-  select * into cust from public.customers c where c.tenant_id = r.tenant_id and c.id = r.customer_id;
-  select * into ld from public.leads l where l.tenant_id = r.tenant_id and l.id = r.lead_id;
-  select * into ct from public.contacts t where t.tenant_id = r.tenant_id and t.id = r.contact_id;
-  select to_jsonb(c) || jsonb_build_object('channel', a.kind) into conv
-  from public.conversations c join public.channel_accounts a on a.id = c.channel_account_id
-  where c.tenant_id = r.tenant_id and c.id = r.conversation_id;
-  select to_jsonb(k) || jsonb_build_object('stage', s.name) into card
-  from public.cards k join public.pipeline_stages s on s.id = k.stage_id
-  where k.tenant_id = r.tenant_id and k.id = r.card_id;
-  select t.locale into locale from public.tenants t where t.id = r.tenant_id;
+  -- Only what the run has (each lookup is a query; a step builds the record once).
+  if r.customer_id is not null then
+    select * into cust from public.customers c where c.tenant_id = r.tenant_id and c.id = r.customer_id;
+  end if;
+  if r.lead_id is not null then
+    select * into ld from public.leads l where l.tenant_id = r.tenant_id and l.id = r.lead_id;
+  end if;
+  if r.contact_id is not null then
+    select * into ct from public.contacts t where t.tenant_id = r.tenant_id and t.id = r.contact_id;
+  end if;
+  if r.conversation_id is not null then
+    select to_jsonb(c) || jsonb_build_object('channel', a.kind) into conv
+    from public.conversations c join public.channel_accounts a on a.id = c.channel_account_id
+    where c.tenant_id = r.tenant_id and c.id = r.conversation_id;
+  end if;
+  if r.card_id is not null then
+    select to_jsonb(k) || jsonb_build_object('stage', s.name) into card
+    from public.cards k join public.pipeline_stages s on s.id = k.stage_id
+    where k.tenant_id = r.tenant_id and k.id = r.card_id;
+  end if;
+  if cust.custom_fields ->> 'language' is null then
+    select t.locale into locale from public.tenants t where t.id = r.tenant_id;
+  end if;
   cust_j := case when cust.id is not null then to_jsonb(cust) end;
   lead_j := case when ld.id is not null then to_jsonb(ld) - array['raw', 'enrichment', 'validation', 'locked_by',
     'locked_at', 'locked_until', 'claimed_status', 'resume_status', 'attempts', 'last_error'] end;
@@ -330,7 +343,9 @@ begin
     update public.workflow_runs set status = 'completed', finished_at = now(), end_reason = coalesce(end_reason, 'completed')
     where id = r.id;
   else
-    update public.workflow_runs set status = 'running' where id = r.id and status = 'waiting';
+    if r.status = 'waiting' then
+      update public.workflow_runs set status = 'running' where id = r.id and status = 'waiting';
+    end if;
     perform private.automation_schedule(r, next_key, seq + 1, greatest(coalesce(due, now()), now()), def);
   end if;
 end;
@@ -342,7 +357,8 @@ language sql
 set search_path = ''
 as $$
   update public.workflow_steps set status = 'cancelled', finished_at = now(), error = reason
-  where run_id = run and status in ('due', 'waiting');
+  where tenant_id = (select x.tenant_id from public.workflow_runs x where x.id = run) and run_id = run
+    and status in ('due', 'waiting');
   update public.workflow_runs set status = automation_end_run.status, end_reason = reason, finished_at = now()
   where id = run and status in ('running', 'waiting', 'paused');
 $$;
@@ -635,7 +651,7 @@ begin
       raise exception 'no customer to update' using errcode = 'PT422', detail = 'code=no_customer';
     end if;
     field := sd ->> 'field';
-    val := case when jsonb_typeof(sd -> 'value') = 'string'
+    val := case when jsonb_typeof(sd -> 'value') = 'string' and strpos(sd ->> 'value', '{{') > 0
                 then to_jsonb(private.automation_render(sd ->> 'value', private.automation_record(r))) else sd -> 'value' end;
     if field like 'custom_fields.%' then
       update public.customers c set custom_fields = jsonb_set(c.custom_fields, array[substr(field, 15)], val, true)
@@ -723,8 +739,10 @@ begin
   end if;
   select v.definition into def from public.workflow_versions v where v.workflow_id = r.workflow_id and v.version = r.version;
   sd := (select x from jsonb_array_elements(def -> 'steps') x where x ->> 'id' = s.step_key);
-  -- A contact who replied leaves the sequence (unless the workflow says otherwise).
-  if coalesce((def ->> 'exit_on_reply')::boolean, true) and s.type <> 'wait_for_reply' and r.contact_id is not null
+  -- A contact who replied leaves the sequence (unless the workflow says otherwise). The reply's own
+  -- transaction ends running sequences (private.automation_on_inbound); this check before a message
+  -- goes covers a run started (from an earlier event) while the reply was being stored.
+  if s.type in ('send_message', 'handover') and coalesce((def ->> 'exit_on_reply')::boolean, true) and r.contact_id is not null
      and exists (select 1 from public.conversations c
                  join public.messages m on m.tenant_id = c.tenant_id and m.conversation_id = c.id
                  where c.tenant_id = r.tenant_id and c.contact_id = r.contact_id and m.direction = 'inbound'
@@ -732,6 +750,7 @@ begin
     perform private.automation_end_run(r.id, 'exited', 'replied');
     return jsonb_build_object('status', 'cancelled', 'end', 'replied');
   end if;
+  -- Events the action causes name this run (the loop guard); transaction-local, the next step sets its own.
   perform set_config('luna.automation_run', r.id::text, true);
   begin
     if sd is null then
@@ -745,7 +764,6 @@ begin
       raise;  -- transient: the job is retried
     end if;
     code := case when det like 'code=%' then split_part(substr(det, 6), ';', 1) else 'sqlstate_' || state end;
-    perform set_config('luna.automation_run', '', true);
     update public.workflow_steps
     set status = 'failed', error_code = code, error = left(msg, 2000), started_at = coalesce(started_at, now()),
         finished_at = now(), attempts = attempts + 1
@@ -754,7 +772,6 @@ begin
     where id = r.id;
     return jsonb_build_object('status', 'failed', 'error_code', code, 'error', msg);
   end;
-  perform set_config('luna.automation_run', '', true);
   if act ? 'external' then
     return act || jsonb_build_object('step_id', s.id, 'run_id', r.id, 'tenant_id', r.tenant_id, 'spec', sd,
       'record', private.automation_record(r));
@@ -919,7 +936,7 @@ begin
   end if;
   for x in select r.*, s.id as step_id, s.seq as step_seq, s.step_key as step_key
            from public.workflow_runs r
-           left join public.workflow_steps s on s.run_id = r.id and s.status = 'waiting'
+           left join public.workflow_steps s on s.tenant_id = r.tenant_id and s.run_id = r.id and s.status = 'waiting'
            where r.tenant_id = tenant and r.contact_id = contact and r.status in ('running', 'waiting')
            for update of r loop
     select v.definition into def from public.workflow_versions v where v.workflow_id = x.workflow_id and v.version = x.version;
@@ -1015,7 +1032,8 @@ begin
     end if;
     update public.workflow_runs set status = coalesce(r.context ->> 'paused_from', 'running'), context = context - 'paused_from'
     where id = r.id returning * into r;
-    for s in select st.id, st.due_at from public.workflow_steps st where st.run_id = r.id and st.status in ('due', 'waiting') loop
+    for s in select st.id, st.due_at from public.workflow_steps st
+             where st.tenant_id = r.tenant_id and st.run_id = r.id and st.status in ('due', 'waiting') loop
       perform private.enqueue_job('automation.step', jsonb_build_object('step_id', s.id), r.tenant_id,
         greatest(s.due_at, now()), 'automation.step:' || s.id || ':resume:' || extract(epoch from clock_timestamp())::text,
         100::smallint, 5);
@@ -1048,7 +1066,8 @@ declare
 begin
   with moved as (
     update public.workflow_steps s set due_at = s.due_at - shift
-    where s.run_id = run and s.status in ('due', 'waiting') returning s.id
+    where s.tenant_id = (select x.tenant_id from public.workflow_runs x where x.id = run) and s.run_id = run
+      and s.status in ('due', 'waiting') returning s.id
   ), jobs as (
     update private.jobs j set run_at = j.run_at - shift
     from moved

@@ -13,6 +13,7 @@ as many no-op jobs (the bare queue under the steps), with the ratio of the two.
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 
 from . import bench, scratch_database
@@ -35,13 +36,34 @@ DEFINITION = {
 STEPS_PER_RUN = len(DEFINITION["steps"])
 
 
+def _server_cpu(conn) -> float | None:
+    """CPU seconds the database server has used so far: the postmaster's live children plus those it
+    reaped (backends that ended), when the server runs on this machine (embedded); else None."""
+    try:
+        import psutil
+
+        backend = psutil.Process(conn.execute("select pg_backend_pid() as p").fetchone()["p"])
+        postmaster = backend.parent()
+        t = postmaster.cpu_times()
+        total = t.user + t.system + t.children_user + t.children_system
+        for child in postmaster.children():
+            try:
+                c = child.cpu_times()
+                total += c.user + c.system
+            except psutil.Error:
+                pass
+        return total
+    except Exception:  # a remote server, or no permission: the figure is left out
+        return None
+
+
 async def _run_workers(url: str, workers: int, done) -> float:
     """Run `workers` shipped workers on the job queue until `done(conn)` is true; the elapsed seconds."""
     import psycopg
 
     from worker.runner import Worker
 
-    ws = [Worker(url, queues=["jobs"], worker_id=f"bench-workflow-{i}", batch=100, concurrency=32, poll_seconds=0.05)
+    ws = [Worker(url, queues=["jobs"], worker_id=f"bench-workflow-{i}", batch=128, concurrency=128, poll_seconds=0.05)
           for i in range(workers)]
     start = time.perf_counter()
     tasks = [asyncio.create_task(w.run()) for w in ws]
@@ -102,7 +124,12 @@ def run(quick: bool = False, workers: int = 4) -> dict:
                                                  "and status in ('running', 'waiting')", (wid,))).fetchone()
                 return row[0] == 0
 
+            cpu0, db0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu(conn)
             elapsed = asyncio.run(_run_workers(url, workers, runs_ended))
+            time.sleep(0.5)  # the workers' backends end and are reaped
+            cpu1, db1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu(conn)
+            db_cpu = db1 - db0 if db0 is not None and db1 is not None else None
+            worker_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
             got = conn.execute("""
                 select count(*) filter (where s.status = 'done') as done_steps, count(*) as step_rows,
                        count(distinct (s.run_id, s.step_key)) as distinct_steps,
@@ -132,9 +159,12 @@ def run(quick: bool = False, workers: int = 4) -> dict:
         "steps_per_s": round(steps_per_s, 1), "lost": total_steps - got["done_steps"], "duplicated": duplicated,
         "baseline_noop_jobs_per_s": round(baseline_per_s, 1), "ratio": round(steps_per_s / baseline_per_s, 3),
         "runs_completed": got["completed"], "runs_failed": got["failed"], "messages_queued": messages["n"],
-        "seconds": round(elapsed, 2), "baseline_seconds": round(baseline, 2)},
+        "seconds": round(elapsed, 2), "baseline_seconds": round(baseline, 2),
+        "db_cpu_ms_per_step": round(db_cpu / total_steps * 1000, 3) if db_cpu is not None else None,
+        "worker_cpu_ms_per_step": round(worker_cpu / total_steps * 1000, 3)},
         "conditions": {"runs": runs, "steps_per_run": STEPS_PER_RUN, "steps": total_steps, "workers": workers,
                        "worker": "shipped worker.runner.Worker x4 in one process, batch 100, concurrency 32, generic job queue",
                        "step_types": "condition, add_tag, update_field, send_message (public.send_message -> outbound queue), remove_tag",
                        "runs_started_before_timing_s": round(start_seconds, 2),
+                       "worker_process_cpu_s": round(worker_cpu, 2),
                        "baseline": f"{total_steps} no-op jobs claimed and completed by the same workers in the same run"}}
