@@ -1,13 +1,22 @@
 """`luna bench workflow`: workflow steps executed by 4 workers through the generic job queue.
 
-In a scratch database: R customers, each with a WhatsApp contact and an open conversation; one active
-workflow of five steps (a condition on tags, region and channel, add a tag, set a custom field, send
-a template message through public.send_message into the outbound queue, remove a tag); R events
-emitted and their runs started (not timed: the figure is about steps); then 4 workers (one process,
-the shipped Worker on the generic job queue) execute every step until every run has ended.
-Figures: steps_per_s, lost (steps that should have run and did not), duplicated (messages or step
-rows beyond one per run step), and a same-run baseline: the same 4 workers claiming and completing
-as many no-op jobs (the bare queue under the steps), with the ratio of the two.
+In a scratch database: R customers, each with a WhatsApp contact and an open conversation, and two
+workflows measured one after the other, each over all R customers:
+
+- `sequence` (the figure `steps_per_s`): the shape of the ready-made lead follow-up (T+24h / T+72h /
+  T+7d while there is no reply): condition, delay, send a template message, delay, condition, send,
+  delay, add a tag. The delays are zero-length here — a delay step is executed exactly as a 24-hour one
+  (its due time computed, the next step's row and job queued for then); the bench measures execution,
+  not waiting.
+- `actions` (the figure `action_steps_per_s`): five steps that each write through another area's rules:
+  condition, add a tag, set a custom field, send a template message, remove a tag (each customer write
+  runs the CRM's triggers: timeline, realtime broadcast, tags catalogue).
+
+R events are emitted and their runs started before the clock starts (the figures are about steps);
+then 4 shipped workers (one process, the generic job queue) execute every step until every run has
+ended. `lost` = steps that should have run and did not; `duplicated` = step rows or queued messages
+beyond one per run step. Baseline (same run): the same 4 workers claiming and completing as many no-op
+jobs. `db_cpu_ms_per_step`: CPU the database server spent per step (embedded server only).
 """
 
 from __future__ import annotations
@@ -21,8 +30,23 @@ from . import bench, scratch_database
 DEMO = "00000000-0000-4000-8000-000000000001"
 OWNER = "00000000-0000-4000-8001-000000000011"
 WA_CHANNEL = "00000000-0000-4000-8006-000000000101"
-DEFINITION = {
-    "trigger": {"event": "bench.start"},
+SEQUENCE = {
+    "trigger": {"event": "bench.sequence"},
+    "steps": [
+        {"id": "yanit-yok", "type": "condition",
+         "if": {"all": [{"not": {"has_tag": "yanitladi"}}, {"channel": "whatsapp"}]}, "then": "bekle-24s", "else": "end"},
+        {"id": "bekle-24s", "type": "delay", "seconds": 0},
+        {"id": "takip-1", "type": "send_message", "channel": "whatsapp", "template": "bench_mesaj"},
+        {"id": "bekle-72s", "type": "delay", "seconds": 0},
+        {"id": "hala-yok", "type": "condition", "if": {"field": "region", "op": "in", "value": ["İstanbul", "Ankara"]},
+         "then": "takip-2", "else": "end"},
+        {"id": "takip-2", "type": "send_message", "channel": "whatsapp", "template": "bench_mesaj"},
+        {"id": "bekle-7g", "type": "delay", "seconds": 0},
+        {"id": "soguk", "type": "add_tag", "tag": "yanitsiz"},
+    ],
+}
+ACTIONS = {
+    "trigger": {"event": "bench.actions"},
     "steps": [
         {"id": "uygun-mu", "type": "condition",
          "if": {"all": [{"has_tag": "bench"}, {"channel": "whatsapp"}, {"field": "region", "op": "eq", "value": "İstanbul"}]},
@@ -33,7 +57,7 @@ DEFINITION = {
         {"id": "etiket-kaldir", "type": "remove_tag", "tag": "bench"},
     ],
 }
-STEPS_PER_RUN = len(DEFINITION["steps"])
+SENDS = {"sequence": 2, "actions": 1}
 
 
 def _server_cpu(conn) -> float | None:
@@ -77,12 +101,61 @@ async def _run_workers(url: str, workers: int, done) -> float:
     return elapsed
 
 
+def _measure(conn, url: str, name: str, definition: dict, workers: int) -> dict:
+    """Switch the workflow on, start one run per bench customer, execute every step; the figures."""
+    from psycopg.types.json import Jsonb
+
+    wid = conn.execute("insert into public.workflows (tenant_id, name, created_by) values (%s, %s, %s) returning id",
+                       (DEMO, f"bench {name}", OWNER)).fetchone()["id"]
+    conn.execute("insert into public.workflow_versions (tenant_id, workflow_id, version, definition) values (%s, %s, 0, %s)",
+                 (DEMO, wid, Jsonb(definition)))
+    conn.execute("update public.workflows set status = 'active' where id = %s", (wid,))
+    event = definition["trigger"]["event"]
+    t0 = time.perf_counter()
+    conn.execute("select private.emit_event(%s, %s, 'customer', c.id, '{}', %s || c.id, jsonb_build_object('customer_id', c.id)) "
+                 "from public.customers c where 'bench' = any(c.tags)", (DEMO, event, event + ":"))
+    conn.execute("select private.automation_start_runs((j.payload ->> 'event_id')::bigint) from private.jobs j "
+                 "where j.kind = 'automation.event' and j.status = 'queued'")
+    conn.execute("update private.jobs set status = 'succeeded' where kind = 'automation.event' and status = 'queued'")
+    runs = conn.execute("select count(*) as n from public.workflow_runs where workflow_id = %s", (wid,)).fetchone()["n"]
+    start_seconds = time.perf_counter() - t0
+
+    async def runs_ended(aconn) -> bool:
+        row = await (await aconn.execute("select count(*) from public.workflow_runs where workflow_id = %s "
+                                         "and status in ('running', 'waiting')", (wid,))).fetchone()
+        return row[0] == 0
+
+    cpu0, db0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu(conn)
+    elapsed = asyncio.run(_run_workers(url, workers, runs_ended))
+    time.sleep(0.5)  # the workers' backends end and are reaped
+    cpu1, db1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu(conn)
+    steps = runs * len(definition["steps"])
+    got = conn.execute("""
+        select count(*) filter (where s.status = 'done') as done_steps, count(*) as step_rows,
+               count(distinct (s.run_id, s.step_key)) as distinct_steps,
+               count(distinct s.run_id) filter (where r.status = 'completed') as completed,
+               count(distinct s.run_id) filter (where r.status = 'failed') as failed
+        from public.workflow_steps s join public.workflow_runs r on r.tenant_id = s.tenant_id and r.id = s.run_id
+        where r.workflow_id = %s""", (wid,)).fetchone()
+    messages = conn.execute("""
+        select count(*) as n, count(distinct o.idempotency_key) as keys
+        from public.outbound_messages o join public.workflow_steps s on o.idempotency_key = 'automation:' || s.id
+        join public.workflow_runs r on r.id = s.run_id where r.workflow_id = %s""", (wid,)).fetchone()
+    worker_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    return {"steps": steps, "runs": runs, "seconds": elapsed, "start_seconds": start_seconds,
+            "steps_per_s": steps / elapsed, "lost": steps - got["done_steps"],
+            "duplicated": (got["step_rows"] - got["distinct_steps"]) + (messages["n"] - messages["keys"]),
+            "messages": messages["n"], "expected_messages": runs * SENDS[name],
+            "completed": got["completed"], "failed": got["failed"],
+            "db_cpu_ms_per_step": (db1 - db0) / steps * 1000 if db0 is not None and db1 is not None else None,
+            "worker_cpu_ms_per_step": worker_cpu / steps * 1000}
+
+
 @bench("workflow")
 def run(quick: bool = False, workers: int = 4) -> dict:
-    """5-step workflow runs executed by 4 workers: steps_per_s, lost, duplicated; baseline no-op jobs."""
+    """Workflow steps by 4 workers: steps_per_s (follow-up sequence), action_steps_per_s, lost, duplicated."""
     import psycopg
     from psycopg.rows import dict_row
-    from psycopg.types.json import Jsonb
 
     from worker.registry import job
 
@@ -90,17 +163,11 @@ def run(quick: bool = False, workers: int = 4) -> dict:
     async def noop(ctx, row):  # the baseline: claim and complete, nothing else
         return None
 
-    runs = 400 if quick else 4_000
-    total_steps = runs * STEPS_PER_RUN
+    customers = 500 if quick else 4_000
     with scratch_database("workflow") as url:
         with psycopg.connect(url, autocommit=True, row_factory=dict_row) as conn:
             conn.execute("insert into public.automation_templates (tenant_id, name, language, body) values "
                          "(%s, 'bench_mesaj', 'tr', 'Merhaba {{isim|}}, {{firma|ekibimiz}} olarak dönüş yapıyoruz.')", (DEMO,))
-            wid = conn.execute("insert into public.workflows (tenant_id, name, created_by) values (%s, 'bench', %s) returning id",
-                               (DEMO, OWNER)).fetchone()["id"]
-            conn.execute("insert into public.workflow_versions (tenant_id, workflow_id, version, definition) values (%s, %s, 0, %s)",
-                         (DEMO, wid, Jsonb(DEFINITION)))
-            conn.execute("update public.workflows set status = 'active' where id = %s", (wid,))
             conn.execute("""
                 with c as (
                   insert into public.customers (tenant_id, full_name, phone, region, tags)
@@ -110,41 +177,12 @@ def run(quick: bool = False, workers: int = 4) -> dict:
                   insert into public.contacts (tenant_id, channel, handle, display_name, phone, customer_id)
                   select %(t)s, 'whatsapp', substr(c.phone, 2), c.full_name, c.phone, c.id from c returning id)
                 insert into public.conversations (tenant_id, channel_account_id, contact_id, last_inbound_at)
-                select %(t)s, %(ch)s, ct.id, now() from ct""", {"t": DEMO, "n": runs, "ch": WA_CHANNEL})
-            t0 = time.perf_counter()
-            conn.execute("select private.emit_event(%s, 'bench.start', 'customer', c.id, '{}', 'bench:' || c.id, "
-                         "jsonb_build_object('customer_id', c.id)) from public.customers c where 'bench' = any(c.tags)", (DEMO,))
-            conn.execute("select private.automation_start_runs((j.payload ->> 'event_id')::bigint) from private.jobs j "
-                         "where j.kind = 'automation.event' and j.status = 'queued'")
-            conn.execute("update private.jobs set status = 'succeeded' where kind = 'automation.event' and status = 'queued'")
-            start_seconds = time.perf_counter() - t0
-
-            async def runs_ended(aconn) -> bool:
-                row = await (await aconn.execute("select count(*) from public.workflow_runs where workflow_id = %s "
-                                                 "and status in ('running', 'waiting')", (wid,))).fetchone()
-                return row[0] == 0
-
-            cpu0, db0 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu(conn)
-            elapsed = asyncio.run(_run_workers(url, workers, runs_ended))
-            time.sleep(0.5)  # the workers' backends end and are reaped
-            cpu1, db1 = resource.getrusage(resource.RUSAGE_SELF), _server_cpu(conn)
-            db_cpu = db1 - db0 if db0 is not None and db1 is not None else None
-            worker_cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-            got = conn.execute("""
-                select count(*) filter (where s.status = 'done') as done_steps, count(*) as step_rows,
-                       count(distinct (s.run_id, s.step_key)) as distinct_steps,
-                       (select count(*) from public.workflow_runs r where r.workflow_id = %(w)s and r.status = 'completed') as completed,
-                       (select count(*) from public.workflow_runs r where r.workflow_id = %(w)s and r.status = 'failed') as failed
-                from public.workflow_steps s join public.workflow_runs r on r.id = s.run_id where r.workflow_id = %(w)s""",
-                               {"w": wid}).fetchone()
-            messages = conn.execute("""
-                select count(*) as n, count(distinct o.idempotency_key) as keys,
-                       count(distinct m.conversation_id) as conversations
-                from public.outbound_messages o join public.messages m on m.id = o.message_id
-                where o.idempotency_key like 'automation:%%'""").fetchone()
+                select %(t)s, %(ch)s, ct.id, now() from ct""", {"t": DEMO, "n": customers, "ch": WA_CHANNEL})
+            sequence = _measure(conn, url, "sequence", SEQUENCE, workers)
+            actions = _measure(conn, url, "actions", ACTIONS, workers)
+            total = sequence["steps"]
             # The baseline: as many no-op jobs, claimed and completed by the same 4 workers.
-            conn.execute("insert into private.jobs (kind, payload) select 'bench.noop', '{}' from generate_series(1, %s)",
-                         (total_steps,))
+            conn.execute("insert into private.jobs (kind, payload) select 'bench.noop', '{}' from generate_series(1, %s)", (total,))
 
             async def noops_done(aconn) -> bool:
                 row = await (await aconn.execute("select count(*) from private.jobs where kind = 'bench.noop' "
@@ -152,19 +190,31 @@ def run(quick: bool = False, workers: int = 4) -> dict:
                 return row[0] == 0
 
             baseline = asyncio.run(_run_workers(url, workers, noops_done))
-    steps_per_s = total_steps / elapsed
-    baseline_per_s = total_steps / baseline
-    duplicated = (got["step_rows"] - got["distinct_steps"]) + (messages["n"] - messages["conversations"])
+    baseline_per_s = total / baseline
+
+    def r(x, n=1):
+        return round(x, n) if x is not None else None
+
     return {"bench": "workflow", "figures": {
-        "steps_per_s": round(steps_per_s, 1), "lost": total_steps - got["done_steps"], "duplicated": duplicated,
-        "baseline_noop_jobs_per_s": round(baseline_per_s, 1), "ratio": round(steps_per_s / baseline_per_s, 3),
-        "runs_completed": got["completed"], "runs_failed": got["failed"], "messages_queued": messages["n"],
-        "seconds": round(elapsed, 2), "baseline_seconds": round(baseline, 2),
-        "db_cpu_ms_per_step": round(db_cpu / total_steps * 1000, 3) if db_cpu is not None else None,
-        "worker_cpu_ms_per_step": round(worker_cpu / total_steps * 1000, 3)},
-        "conditions": {"runs": runs, "steps_per_run": STEPS_PER_RUN, "steps": total_steps, "workers": workers,
-                       "worker": "shipped worker.runner.Worker x4 in one process, batch 100, concurrency 32, generic job queue",
-                       "step_types": "condition, add_tag, update_field, send_message (public.send_message -> outbound queue), remove_tag",
-                       "runs_started_before_timing_s": round(start_seconds, 2),
-                       "worker_process_cpu_s": round(worker_cpu, 2),
-                       "baseline": f"{total_steps} no-op jobs claimed and completed by the same workers in the same run"}}
+        "steps_per_s": r(sequence["steps_per_s"]), "action_steps_per_s": r(actions["steps_per_s"]),
+        "lost": sequence["lost"] + actions["lost"], "duplicated": sequence["duplicated"] + actions["duplicated"],
+        "baseline_noop_jobs_per_s": r(baseline_per_s), "ratio": r(sequence["steps_per_s"] / baseline_per_s, 3),
+        "action_ratio": r(actions["steps_per_s"] / baseline_per_s, 3),
+        "db_cpu_ms_per_step": r(sequence["db_cpu_ms_per_step"], 3),
+        "action_db_cpu_ms_per_step": r(actions["db_cpu_ms_per_step"], 3),
+        "worker_cpu_ms_per_step": r(sequence["worker_cpu_ms_per_step"], 3),
+        "messages_queued": sequence["messages"] + actions["messages"],
+        "messages_expected": sequence["expected_messages"] + actions["expected_messages"],
+        "runs_failed": sequence["failed"] + actions["failed"]},
+        "conditions": {
+            "runs_per_workflow": customers, "workers": workers,
+            "sequence": {"steps": sequence["steps"], "seconds": r(sequence["seconds"], 2),
+                         "step_types": "condition, delay (0 s), send_message, delay (0 s), condition, send_message, delay (0 s), add_tag",
+                         "runs_started_before_timing_s": r(sequence["start_seconds"], 2)},
+            "actions": {"steps": actions["steps"], "seconds": r(actions["seconds"], 2),
+                        "step_types": "condition, add_tag, update_field, send_message, remove_tag",
+                        "runs_started_before_timing_s": r(actions["start_seconds"], 2)},
+            "worker": "shipped worker.runner.Worker x4 in one process, batch 128, concurrency 128, generic job queue; "
+                      "a worker's concurrent step jobs share one transaction (up to 32)",
+            "send_path": "public.send_message -> outbound queue (messages stay queued: no inbox worker runs)",
+            "baseline": f"{total} no-op jobs claimed and completed by the same workers in the same run"}}
