@@ -706,6 +706,7 @@ language plpgsql
 set search_path = ''
 as $$
 declare
+  got record;
   s public.workflow_steps;
   r public.workflow_runs;
   def jsonb;
@@ -716,14 +717,24 @@ declare
   code text;
   state text;
 begin
-  select * into s from public.workflow_steps where id = step_id for update;
-  if s.id is null then
+  -- The step and its run, locked, with the run's definition and the step's own part of it: one query.
+  select st, ru, v.definition, (select x from jsonb_array_elements(v.definition -> 'steps') x where x ->> 'id' = st.step_key)
+  into got
+  from public.workflow_steps st
+  join public.workflow_runs ru on ru.tenant_id = st.tenant_id and ru.id = st.run_id
+  join public.workflow_versions v on v.workflow_id = ru.workflow_id and v.version = ru.version
+  where st.id = step_id
+  for update of st, ru;
+  if got is null then
     return jsonb_build_object('status', 'missing');
   end if;
+  s := got.st;
+  r := got.ru;
+  def := got.definition;
+  sd := got.x;
   if s.status not in ('due', 'waiting') then
     return jsonb_build_object('status', s.status, 'replayed', true);
   end if;
-  select * into r from public.workflow_runs where id = s.run_id for update;
   if r.status in ('completed', 'failed', 'cancelled', 'exited') then
     update public.workflow_steps set status = 'cancelled', finished_at = now(), error = 'run ' || r.status where id = s.id;
     return jsonb_build_object('status', 'cancelled');
@@ -737,8 +748,6 @@ begin
                                 'automation.step:' || s.id || ':at:' || extract(epoch from s.due_at)::text, 100::smallint, 5);
     return jsonb_build_object('status', 'not_due', 'due_at', s.due_at);
   end if;
-  select v.definition into def from public.workflow_versions v where v.workflow_id = r.workflow_id and v.version = r.version;
-  sd := (select x from jsonb_array_elements(def -> 'steps') x where x ->> 'id' = s.step_key);
   -- A contact who replied leaves the sequence (unless the workflow says otherwise). The reply's own
   -- transaction ends running sequences (private.automation_on_inbound); this check before a message
   -- goes covers a run started (from an earlier event) while the reply was being stored.

@@ -543,8 +543,6 @@ security definer
 set search_path = ''
 as $$
 declare
-  contact uuid;
-  customer uuid;
   commercial boolean;
 begin
   if new.status <> 'queued' then
@@ -558,13 +556,12 @@ begin
   if not commercial then
     return new;
   end if;
-  select c.contact_id, ct.customer_id into contact, customer
-  from public.messages m
-  join public.conversations c on c.tenant_id = m.tenant_id and c.id = m.conversation_id
-  join public.contacts ct on ct.tenant_id = c.tenant_id and ct.id = c.contact_id
-  where m.tenant_id = new.tenant_id and m.id = new.message_id;
-  if exists (select 1 from public.opt_outs o where o.tenant_id = new.tenant_id
-             and (o.contact_id = contact or (customer is not null and o.customer_id = customer))) then
+  if exists (select 1 from public.messages m
+             join public.conversations c on c.tenant_id = m.tenant_id and c.id = m.conversation_id
+             join public.contacts ct on ct.tenant_id = c.tenant_id and ct.id = c.contact_id
+             join public.opt_outs o on o.tenant_id = m.tenant_id
+                                   and (o.contact_id = ct.id or (ct.customer_id is not null and o.customer_id = ct.customer_id))
+             where m.tenant_id = new.tenant_id and m.id = new.message_id) then
     new.status := 'cancelled';
     new.error_code := 'opted_out';
     new.last_error := 'not sent: the recipient opted out of automated and commercial messages';
