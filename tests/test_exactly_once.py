@@ -447,7 +447,7 @@ def test_killed_inbound_worker_stores_each_message_once(client, db_url, conn, pr
                             (events,)).fetchone()["n"] >= len(events)
 
     kill_mid_batch(db_url, "inbox_inbound", "inbound", processed_by_the_doomed_worker)
-    assert expire_and_rescue(conn, "private.inbound_events", "private.rescue_inbound_events") >= len(events)
+    assert expire_and_rescue(conn, "private.inbound_events", "private.inbound_rescue") >= len(events)
     run_worker(db_url, ["inbox_inbound"], lambda w: conn.execute(
         "select count(*) as n from private.inbound_events where id::text = any(%s) and status = 'processed'",
         (events,)).fetchone()["n"] == len(events), what="the events to be processed")

@@ -134,8 +134,8 @@ def claim(quick: bool = False, workers: int = 4, batch: int = 100) -> dict:
                                           "succeeded": succeeded, "baseline_jobs_per_s": round(total / baseline),
                                           "ratio": round(jobs_per_s / (total / baseline), 3)},
             "conditions": {"jobs": total, "workers": workers, "batch": batch, "process": "one asyncio process",
-                           "claim": "private.claim_jobs (update … where id in (select … for update skip locked limit n))",
-                           "complete": "private.complete_jobs (one statement per batch)",
+                           "claim": "private.jobs_claim (install_queue: pick … for update skip locked limit n, then one update)",
+                           "complete": "private.jobs_complete (one statement per batch)",
                            "baseline": "the bare operation underneath, same run and database: the same workers "
                                        "claiming empty rows of a plain table with update ... for update skip locked "
                                        "limit n and completing each batch in one update (no leases, no logs)"}}
