@@ -246,6 +246,7 @@ begin
     end $body$$f$, queue || '_complete', idtype,
     private.queue_statement(queue, 'complete', t, doubt, answer => ret, arg => 'r.arg',
       joins => 'join unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) r(id, arg) on r.id = q.id',
+      source => 'unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) h(id, arg)',
       picks => 'where q.locked_by = worker and q.locked_until is not null',
       sets => lease_off || jsonb_build_object(state, format('(%s)::%s', succeeded, statetype), 'last_error', 'null')
               || case when has_result then '{"result": "h.arg"}'::jsonb else '{}' end),
@@ -364,13 +365,17 @@ $$;
 
 /*
  * The one statement every verb is, as the CTE list the generated function reads `moved` from: pick
- * the rows and lock them, then move them in one update. `sets` maps a column to its new value (SQL
- * over q, the row before the move, and h, the picked row: h.arg, h.retry, h.doubt, h.p); an
- * on_<verb> hook's answer h.p overrides any column it names. An after_<verb> hook gets the batch.
+ * the rows, then move them in one update. A claim and the rescuer lock what they pick (skip locked);
+ * the lease holder's verbs re-check in the update that the lease is still theirs. `sets` maps a
+ * column to its new value (SQL over q, the row before the move, and h, the picked row: h.arg,
+ * h.retry, h.doubt, h.p); an on_<verb> hook's answer h.p overrides any column it names. An
+ * after_<verb> hook gets the batch. Without hooks the update computes everything itself: the lease
+ * holder's verbs are then one plain update of the held rows.
  */
 create or replace function private.queue_statement(
   queue text, verb text, tbl text, doubt text, arg text, picks text, sets jsonb, answer text,
-  joins text default '', retry text default 'null::boolean', skip_locked boolean default false
+  joins text default '', retry text default 'null::boolean', skip_locked boolean default false,
+  source text default ''
 ) returns text
 language plpgsql stable
 set search_path = ''
@@ -378,6 +383,9 @@ as $$
 declare
   hook_on regprocedure := private.queue_hook(queue, 'on_' || verb, tbl);
   hook_after regprocedure := case when verb <> 'claim' then private.queue_hook(queue, 'after_' || verb, tbl) end;
+  hooked boolean := hook_on is not null or hook_after is not null;
+  lock text := case when skip_locked then ' for update of q skip locked' else '' end;
+  recheck text := case when skip_locked then '' else ' and q.locked_by = worker and q.locked_until is not null' end;
   assignments text;
 begin
   select string_agg(format('%I = %s', a.attname,
@@ -391,13 +399,24 @@ begin
   from pg_catalog.pg_attribute a
   where a.attrelid = tbl::regclass and a.attnum > 0 and not a.attisdropped and a.attgenerated = ''
     and a.attname <> 'id' and (hook_on is not null or sets ? a.attname::text);
-  return format('picked as (select x.*, %s as p from (select q.id%s, %s as arg, %s as retry, %s as doubt '
-                'from %s q %s %s for update of q%s) x), '
-                '%s as (update %s q set %s from picked h where q.id = h.id returning %s%s)%s',
+  assignments := case when hooked then assignments
+                      else replace(replace(assignments, 'h.retry', '(' || retry || ')'), 'h.doubt', '(' || doubt || ')') end;
+  if not hooked and not skip_locked then
+    -- the lease holder's verb: one update of the held rows (h: the source's id and arg)
+    return format('moved as (update %s q set %s%s %s%s returning %s)', tbl, assignments,
+                  case when source <> '' then ' from ' || source else '' end, picks,
+                  case when source <> '' then ' and q.id = h.id' else '' end, answer);
+  elsif not hooked then
+    return format('moved as (update %s q set %s from (select q.id, %s as arg from %s q %s %s%s) h '
+                  'where q.id = h.id%s returning %s)',
+                  tbl, assignments, arg, tbl, joins, picks, lock, recheck, answer);
+  end if;
+  return format('picked as (select x.*, %s as p from (select q.id, q as old, %s as arg, %s as retry, %s as doubt '
+                'from %s q %s %s%s) x), '
+                '%s as (update %s q set %s from picked h where q.id = h.id%s returning %s%s)%s',
                 case when hook_on is not null then format('%s(x.old, x.arg)', hook_on::regproc::text) else 'null::jsonb' end,
-                case when hook_on is not null or hook_after is not null then ', q as old' else '' end,
-                arg, retry, doubt, tbl, joins, picks, case when skip_locked then ' skip locked' else '' end,
-                case when hook_after is not null then 'moved0' else 'moved' end, tbl, assignments, answer,
+                arg, retry, doubt, tbl, joins, picks, lock,
+                case when hook_after is not null then 'moved0' else 'moved' end, tbl, assignments, recheck, answer,
                 case when hook_after is not null then ', q as row_new, h.old as row_old, h.arg as row_arg' else '' end,
                 case when hook_after is not null then format(
                   ', after as (select %s(worker, array_agg(m.row_old), array_agg(m.row_new), array_agg(m.row_arg)) '
@@ -405,7 +424,6 @@ begin
                   hook_after::regproc::text) else '' end);
 end;
 $$;
-
 
 -- Re-install every recorded queue (this file changed: the generator may have), from its recorded
 -- arguments and the hooks its area defines. Returns how many.
@@ -428,6 +446,6 @@ end;
 $$;
 revoke execute on function private.install_queue(text, regclass, text, text, text, text, text, text, text, text, text, text, text),
   private.queue_hook(text, text, text), private.queue_function(text, text),
-  private.queue_statement(text, text, text, text, text, text, jsonb, text, text, text, boolean),
+  private.queue_statement(text, text, text, text, text, text, jsonb, text, text, text, boolean, text),
   private.reinstall_queues() from public, anon, authenticated;
 select private.reinstall_queues();
