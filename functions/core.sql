@@ -159,6 +159,18 @@ declare
   claim_body text;
   verb text;
   missing text;
+  retry_state text;          -- after a failed attempt: doubt_state, available (retry) or failed
+  retry_due text;
+  not_counted text;          -- attempts after a hand-back: the claim's attempt taken back
+  wrapper text := $w$
+    create or replace function private.%I(%s) returns %s
+    language plpgsql set search_path = '' as $body$
+    declare %s
+      r %s;
+    begin
+      with %s select %s into r from moved m;
+      return r;
+    end $body$$w$;
   ret text := format('q.%I::text as state', state);
 begin
   select string_agg(c, ', ') into missing
@@ -252,81 +264,41 @@ begin
               || case when has_result then '{"result": "h.arg"}'::jsonb else '{}' end),
     queue || '_fail', queue || '_complete');
 
-  -- fail
-  execute format($f$
-    create or replace function private.%I(worker text, row_id %s, error text, retryable boolean default true) returns text
-    language plpgsql set search_path = '' as $body$
-    declare
-      st text;
-    begin
-      with %s select m.state into st from moved m;
-      return st;
-    end $body$$f$, queue || '_fail', idtype,
+  -- fail, release, snooze, rescue: one statement each, answering the new state or how many moved
+  retry_state := format('(case when h.doubt is not null then %s when h.retry then %s else %s end)::%s',
+                        coalesce(quote_literal(doubt_state), 'null'), available, failed, statetype);
+  retry_due := format('case when h.doubt is not null then now() when h.retry then %s else q.%I end', backoff, due);
+  not_counted := 'case when h.doubt is not null then q.attempts else greatest(q.attempts - 1, 0) end';
+  execute format(wrapper, queue || '_fail', format('worker text, row_id %s, error text, retryable boolean default true', idtype),
+    'text', '', 'text',
     private.queue_statement(queue, 'fail', t, doubt, answer => ret,
       arg => format('jsonb_build_object(''error'', error, ''retryable'', retryable, ''retry'', retryable and q.attempts < (%s))', max_attempts),
       retry => format('retryable and q.attempts < (%s)', max_attempts),
       picks => 'where q.id = row_id and q.locked_by = worker and q.locked_until is not null',
-      sets => lease_off || jsonb_build_object(
-        state, format('(case when h.doubt is not null then %s when h.retry then %s else %s end)::%s',
-                      coalesce(quote_literal(doubt_state), 'null'), available, failed, statetype),
-        due, format('case when h.doubt is not null then now() when h.retry then %s else q.%I end', backoff, due),
-        'last_error', 'left(error || coalesce(''; '' || h.doubt, ''''), 4000)')));
-
-  -- release
-  execute format($f$
-    create or replace function private.%I(worker text, ids %s[] default null) returns int
-    language plpgsql set search_path = '' as $body$
-    declare
-      n int;
-    begin
-      with %s select count(*)::int into n from moved;
-      return n;
-    end $body$$f$, queue || '_release', idtype,
+      sets => lease_off || jsonb_build_object(state, retry_state, due, retry_due,
+                                              'last_error', 'left(error || coalesce(''; '' || h.doubt, ''''), 4000)')),
+    'm.state');
+  execute format(wrapper, queue || '_release', format('worker text, ids %s[] default null', idtype), 'int', '', 'int',
     private.queue_statement(queue, 'release', t, doubt, answer => ret, arg => 'null::jsonb',
       picks => 'where q.locked_by = worker and q.locked_until is not null and (ids is null or q.id = any(ids))',
-      sets => lease_off || jsonb_build_object(
-        state, format('(%s)::%s', back, statetype),
-        'attempts', 'case when h.doubt is not null then q.attempts else greatest(q.attempts - 1, 0) end',
-        'last_error', 'case when h.doubt is not null then left(''handed back; '' || h.doubt, 4000) else q.last_error end')));
-
-  -- snooze
-  execute format($f$
-    create or replace function private.%I(worker text, row_id %s, seconds int) returns text
-    language plpgsql set search_path = '' as $body$
-    declare
-      st text;
-    begin
-      with %s select m.state into st from moved m;
-      return st;
-    end $body$$f$, queue || '_snooze', idtype,
+      sets => lease_off || jsonb_build_object(state, format('(%s)::%s', back, statetype), 'attempts', not_counted,
+        'last_error', 'case when h.doubt is not null then left(''handed back; '' || h.doubt, 4000) else q.last_error end')),
+    'count(*)::int');
+  execute format(wrapper, queue || '_snooze', format('worker text, row_id %s, seconds int', idtype), 'text', '', 'text',
     private.queue_statement(queue, 'snooze', t, doubt, answer => ret, arg => 'jsonb_build_object(''seconds'', seconds)',
       picks => 'where q.id = row_id and q.locked_by = worker and q.locked_until is not null',
-      sets => lease_off || jsonb_build_object(
-        state, format('(%s)::%s', back, statetype),
-        'attempts', 'case when h.doubt is not null then q.attempts else greatest(q.attempts - 1, 0) end',
+      sets => lease_off || jsonb_build_object(state, format('(%s)::%s', back, statetype), 'attempts', not_counted,
         due, 'case when h.doubt is not null then now() else now() + make_interval(secs => seconds) end',
-        'last_error', 'case when h.doubt is not null then left(''snoozed; '' || h.doubt, 4000) else q.last_error end')));
-
-  -- rescue
-  execute format($f$
-    create or replace function private.%I() returns int
-    language plpgsql set search_path = '' as $body$
-    declare
-      worker text;  -- none: the rescuer holds no lease
-      n int;
-    begin
-      with %s select count(*)::int into n from moved;
-      return n;
-    end $body$$f$, queue || '_rescue',
+        'last_error', 'case when h.doubt is not null then left(''snoozed; '' || h.doubt, 4000) else q.last_error end')),
+    'm.state');
+  execute format(wrapper, queue || '_rescue', '', 'int', 'worker text;  -- none: the rescuer holds no lease', 'int',
     private.queue_statement(queue, 'rescue', t, doubt, answer => ret,
       arg => format('jsonb_build_object(''retry'', q.attempts < (%s))', max_attempts),
       retry => format('q.attempts < (%s)', max_attempts),
       picks => 'where q.locked_until < now()', skip_locked => true,
-      sets => lease_off || jsonb_build_object(
-        state, format('(case when h.doubt is not null then %s when h.retry then %s else %s end)::%s',
-                      coalesce(quote_literal(doubt_state), 'null'), available, failed, statetype),
-        due, format('case when h.doubt is not null then now() when h.retry then %s else q.%I end', backoff, due),
-        'last_error', '''lease expired (worker '' || coalesce(q.locked_by, ''?'') || '' stopped answering)'' || coalesce(''; '' || h.doubt, '''')')));
+      sets => lease_off || jsonb_build_object(state, retry_state, due, retry_due,
+        'last_error', '''lease expired (worker '' || coalesce(q.locked_by, ''?'') || '' stopped answering)'' || coalesce(''; '' || h.doubt, '''')')),
+    'count(*)::int');
 
   foreach verb in array array['claim', 'complete', 'fail', 'release', 'snooze', 'rescue'] loop
     execute format('revoke execute on function %s from public, anon, authenticated',
