@@ -128,8 +128,11 @@ grant execute on function private.cursor_encode(jsonb), private.cursor_decode(te
 -- Hooks are defined before install_queue is called (in the same repeatable file); calling it again
 -- re-installs. private.queues records what was installed, and every queue is re-installed from it
 -- when this file changes (private.reinstall_queues, below). The protocol lives here, in the core's
--- file, because repeatable files are applied in name order and every area's file calls it. tests/test_queue_conformance.py runs the
--- protocol against every queue the worker registers.
+-- file, because repeatable files are applied in name order and every area's file calls it.
+-- tests/test_queue_conformance.py runs the protocol against every queue the worker registers.
+-- Why a generator rather than one jobs table pointing at entities: a lead or a message *is* its
+-- queue row (its status machine, its rate slot, its exactly-once marks are on it), so claiming it in
+-- place needs no second row to keep in step, and each table keeps its own partial claim index.
 -- ---------------------------------------------------------------------------------------------
 create or replace function private.install_queue(
   queue text, tbl regclass,
