@@ -100,8 +100,9 @@ grant execute on function private.cursor_encode(jsonb), private.cursor_decode(te
 -- worker, lease not yet taken back) completes, fails, releases or snoozes. Verbs:
 --   claim     due rows in the available state, by priority (higher first), then due time, then id,
 --             skip locked; state -> running, attempts + 1, lease for lease_seconds.
---   complete  state -> succeeded; the lease and last_error cleared. A batch that cannot complete is
---             completed row by row; a row that still cannot counts as a retryable failure.
+--   complete  state -> succeeded; the lease and last_error cleared. With complete hooks (entity code
+--             that may refuse), a batch that cannot complete is completed row by row and a row that
+--             still cannot counts as a retryable failure.
 --   fail      retryable and attempts < max_attempts: back to available, due after an exponential
 --             backoff (1 s, 2 s, 4 s ... capped at an hour); otherwise the visible failed state.
 --   release   back to available now, the attempt not counted (shutdown, a row never started).
@@ -165,6 +166,7 @@ declare
   retry_state text;          -- after a failed attempt: doubt_state, available (retry) or failed
   retry_due text;
   not_counted text;          -- attempts after a hand-back: the claim's attempt taken back
+  complete_stmt text;
   wrapper text := $w$
     create or replace function private.%I(%s) returns %s
     language plpgsql set search_path = '' as $body$
@@ -218,10 +220,9 @@ begin
   if shape is null then
     execute format($f$
       create or replace function private.%I(worker text, n int, lease_seconds int) returns setof %s
-      language plpgsql set search_path = '' as $body$
-      begin
-        return query with %s select m.* from moved m;
-      end $body$$f$, queue || '_claim', t, claim_body);
+      language sql set search_path = '' as $body$
+        with %s select m.* from moved m
+      $body$$f$, queue || '_claim', t, claim_body);
   else
     execute format($f$
       create or replace function private.%I(worker text, n int, lease_seconds int) returns %s
@@ -235,37 +236,44 @@ begin
       pg_catalog.pg_get_function_result(shape::oid), t, claim_body, shape::regproc::text);
   end if;
 
-  -- complete (batch; a batch that fails is completed row by row, a row that still fails is a failure)
-  execute format($f$
-    create or replace function private.%I(worker text, ids %s[], results jsonb[] default null) returns int
-    language plpgsql set search_path = '' as $body$
-    declare
-      n int := 0;
-      i int;
-    begin
-      begin
-        with %s select count(*)::int into n from moved;
-        return n;
-      exception when others then
-        if coalesce(cardinality(ids), 0) = 1 then
-          perform private.%I(worker, ids[1], format('completing failed (%%s: %%s)', sqlstate, sqlerrm), true);
-          return 0;
-        elsif coalesce(cardinality(ids), 0) = 0 then
-          raise;
-        end if;
-      end;
-      for i in 1 .. cardinality(ids) loop
-        n := n + private.%I(worker, array[ids[i]], case when results is not null then array[results[i]] end);
-      end loop;
-      return n;
-    end $body$$f$, queue || '_complete', idtype,
+  -- complete. With entity code in it (complete hooks), a batch that fails is completed row by row
+  -- and a row that still fails is a retryable failure; without, it is the one update (no savepoint).
+  complete_stmt :=
     private.queue_statement(queue, 'complete', t, doubt, answer => ret, arg => 'r.arg',
       joins => 'join unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) r(id, arg) on r.id = q.id',
       source => 'unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) h(id, arg)',
       picks => 'where q.locked_by = worker and q.locked_until is not null',
       sets => lease_off || jsonb_build_object(state, format('(%s)::%s', succeeded, statetype), 'last_error', 'null')
-              || case when has_result then '{"result": "h.arg"}'::jsonb else '{}' end),
-    queue || '_fail', queue || '_complete');
+              || case when has_result then '{"result": "h.arg"}'::jsonb else '{}' end);
+  if private.queue_hook(queue, 'on_complete', t) is null and private.queue_hook(queue, 'after_complete', t) is null then
+    execute format(wrapper, queue || '_complete', format('worker text, ids %s[], results jsonb[] default null', idtype),
+                   'int', '', 'int', complete_stmt, 'count(*)::int');
+  else
+    execute format($f$
+      create or replace function private.%I(worker text, ids %s[], results jsonb[] default null) returns int
+      language plpgsql set search_path = '' as $body$
+      declare
+        n int := 0;
+        i int;
+      begin
+        begin
+          with %s select count(*)::int into n from moved;
+          return n;
+        exception when others then
+          if coalesce(cardinality(ids), 0) = 1 then
+            perform private.%I(worker, ids[1], format('completing failed (%%s: %%s)', sqlstate, sqlerrm), true);
+            return 0;
+          elsif coalesce(cardinality(ids), 0) = 0 then
+            raise;
+          end if;
+        end;
+        for i in 1 .. cardinality(ids) loop
+          n := n + private.%I(worker, array[ids[i]], case when results is not null then array[results[i]] end);
+        end loop;
+        return n;
+      end $body$$f$, queue || '_complete', idtype,
+      complete_stmt, queue || '_fail', queue || '_complete');
+  end if;
 
   -- fail, release, snooze, rescue: one statement each, answering the new state or how many moved
   retry_state := format('(case when h.doubt is not null then %s when h.retry then %s else %s end)::%s',
