@@ -64,89 +64,20 @@ drop trigger if exists notify_inbound on private.inbound_events;
 create trigger notify_inbound after insert on private.inbound_events
   for each statement execute function private.notify_inbound();
 
-create or replace function private.claim_inbound_events(worker text, n int, lease_seconds int)
-returns setof private.inbound_events
-language sql
+-- The inbound queue: private.inbound_claim ... private.inbound_rescue, written by private.install_queue
+-- (functions/worker.sql). The worker's handler runs private.process_inbound_event; a processed event
+-- keeps when it was processed.
+create or replace function private.inbound_on_complete(q private.inbound_events, result jsonb) returns jsonb
+language sql stable
 set search_path = ''
 as $$
-  update private.inbound_events e
-  set status = 'processing', locked_by = worker, attempts = e.attempts + 1,
-      locked_until = now() + make_interval(secs => lease_seconds)
-  where e.id in (
-    select q.id from private.inbound_events q
-    where q.status = 'received' and q.run_at <= now()
-    order by q.run_at, q.id
-    for update skip locked
-    limit n)
-  returning e.*
+  select jsonb_build_object('processed_at', now())
 $$;
+revoke execute on function private.inbound_on_complete(private.inbound_events, jsonb) from public, anon, authenticated;
+grant execute on function private.inbound_on_complete(private.inbound_events, jsonb) to service_role;
 
-create or replace function private.complete_inbound_events(worker text, ids bigint[], results jsonb[] default null)
-returns int
-language sql
-set search_path = ''
-as $$
-  with done as (
-    update private.inbound_events e
-    set status = 'processed', locked_by = null, locked_until = null, last_error = null, processed_at = now(),
-        result = r.result
-    from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as r(id, result)
-    where e.id = r.id and e.status = 'processing' and e.locked_by = worker
-    returning 1
-  )
-  select count(*)::int from done
-$$;
-
-create or replace function private.fail_inbound_event(worker text, event_id bigint, error text, retryable boolean default true)
-returns text
-language sql
-set search_path = ''
-as $$
-  update private.inbound_events e
-  set status = case when retryable and e.attempts < e.max_attempts then 'received' else 'failed' end,
-      run_at = now() + make_interval(secs => least(power(2, e.attempts - 1), 3600)),
-      locked_by = null, locked_until = null, last_error = left(error, 4000)
-  where e.id = event_id and e.status = 'processing' and e.locked_by = worker
-  returning e.status
-$$;
-
-create or replace function private.release_inbound_events(worker text, ids bigint[] default null) returns int
-language sql
-set search_path = ''
-as $$
-  with released as (
-    update private.inbound_events e
-    set status = 'received', attempts = greatest(e.attempts - 1, 0), locked_by = null, locked_until = null
-    where e.status = 'processing' and e.locked_by = worker and (ids is null or e.id = any(ids))
-    returning 1
-  )
-  select count(*)::int from released
-$$;
-
-create or replace function private.defer_inbound_event(worker text, event_id bigint, seconds int) returns void
-language sql
-set search_path = ''
-as $$
-  update private.inbound_events e
-  set status = 'received', attempts = greatest(e.attempts - 1, 0), locked_by = null, locked_until = null,
-      run_at = now() + make_interval(secs => seconds)
-  where e.id = event_id and e.status = 'processing' and e.locked_by = worker
-$$;
-
-create or replace function private.rescue_inbound_events() returns int
-language sql
-set search_path = ''
-as $$
-  with rescued as (
-    update private.inbound_events e
-    set status = case when e.attempts < e.max_attempts then 'received' else 'failed' end,
-        last_error = 'lease expired (worker ' || coalesce(e.locked_by, '?') || ' stopped answering)',
-        locked_by = null, locked_until = null, run_at = now()
-    where e.status = 'processing' and e.locked_until < now()
-    returning 1
-  )
-  select count(*)::int from rescued
-$$;
+select private.install_queue('inbound', 'private.inbound_events',
+  available => '''received''', running => '''processing''', succeeded => '''processed''', failed => '''failed''');
 
 -- ===========================================================================================
 -- Contacts, conversations, messages
@@ -420,7 +351,7 @@ $$;
 /*
  * E-mail threading (issue 10): the conversation of a message's thread in one inbox, matched on the
  * Message-IDs it names (In-Reply-To first, then References from the nearest parent back to the root)
- * against every message stored or sent there (our own outbound Message-IDs included: complete_outbound
+ * against every message stored or sent there (our own outbound Message-IDs included: outbound_complete
  * keeps them as provider_message_id), else a conversation whose thread root is one of them.
  */
 create or replace function private.inbox_find_thread(channel uuid, ids text[]) returns uuid
@@ -641,7 +572,7 @@ $$;
 
 -- A delivery status for a message we sent (sent / delivered / read / failed), never backwards. A status
 -- for a message id we do not know yet is kept (private.early_statuses) for 10 minutes: our send call
--- may not have returned the id yet; complete_outbound applies it then.
+-- may not have returned the id yet; outbound_complete applies it then.
 create or replace function private.apply_message_status(tenant uuid, provider_message_id text, new_status text,
                                                         at timestamptz default now(), error_code text default null,
                                                         error_message text default null)
@@ -1826,11 +1757,13 @@ revoke execute on function public.add_note(uuid, text) from public, anon;
 grant execute on function public.add_note(uuid, text) to authenticated, service_role;
 
 -- ===========================================================================================
--- The outbound queue (worker). Claiming hands each message a rate-limit slot shared by all
--- workers: per number (channel account settings.rate_per_s) and per tenant channel kind
--- (tenant settings inbox.rate_per_s.<kind>); the worker waits for its slot, then sends.
+-- The outbound queue (worker): private.outbound_claim ... private.outbound_rescue, written by
+-- private.install_queue (functions/worker.sql). What sending adds plugs in through the hooks below.
+-- Claiming hands each message a rate-limit slot shared by all workers: per number (channel account
+-- settings.rate_per_s) and per tenant channel kind (tenant settings inbox.rate_per_s.<kind>); the
+-- worker waits for its slot, then sends.
 -- ===========================================================================================
-create or replace function private.claim_outbound(worker text, n int, lease_seconds int)
+create or replace function private.outbound_claimed(worker text, claimed public.outbound_messages[], lease_seconds int)
 returns setof public.outbound_messages
 language plpgsql
 set search_path = ''
@@ -1843,18 +1776,15 @@ declare
   slot timestamptz;
   kind_slot timestamptz;
   horizon interval := interval '2 seconds';
-  claimed uuid[] := '{}';
+  kept uuid[] := '{}';
+  later uuid[] := '{}';
 begin
   for r in
     select o.id, o.channel_account_id, o.tenant_id, o.kind, a.settings as acc_settings, t.settings as tenant_settings
-    from public.outbound_messages o
-    join public.channel_accounts a on a.id = o.channel_account_id
-    join public.tenants t on t.id = o.tenant_id
-    -- never a row the provider already has (exactly once: it is settled, not sent)
-    where o.status = 'queued' and o.run_at <= now() and o.provider_message_id is null
-    order by o.run_at, o.created_at
-    for update of o skip locked
-    limit n
+    from unnest(claimed) o
+    left join public.channel_accounts a on a.id = o.channel_account_id
+    left join public.tenants t on t.id = o.tenant_id
+    order by o.priority desc, o.run_at, o.id
   loop
     rate := nullif(r.acc_settings ->> 'rate_per_s', '')::numeric;
     kind_rate := nullif(r.tenant_settings #>> array['inbox', 'rate_per_s', r.kind], '')::numeric;
@@ -1872,6 +1802,7 @@ begin
     end if;
     -- Do not book slots far ahead: leave the rest for the next claim (or another worker).
     if slot > clock_timestamp() + horizon then
+      later := later || r.id;
       continue;
     end if;
     if rate is not null and rate > 0 then
@@ -1882,13 +1813,17 @@ begin
       update private.send_slots set next_slot = slot + make_interval(secs => 1 / kind_rate)
       where key = 'kind:' || r.tenant_id || ':' || r.kind;
     end if;
+    -- The lease runs from the slot.
     update public.outbound_messages o
-    set status = 'sending', locked_by = worker, attempts = o.attempts + 1, send_after = slot,
-        locked_until = slot + make_interval(secs => lease_seconds)
+    set send_after = slot, locked_until = slot + make_interval(secs => lease_seconds)
     where o.id = r.id;
-    claimed := claimed || r.id;
+    kept := kept || r.id;
   end loop;
-  return query select o.* from public.outbound_messages o where o.id = any(claimed) order by o.send_after;
+  -- No slot yet: back to the queue, the attempt not counted.
+  if cardinality(later) > 0 then
+    perform private.outbound_release(worker, later);
+  end if;
+  return query select o.* from public.outbound_messages o where o.id = any(kept) order by o.send_after;
 end;
 $$;
 
@@ -1898,90 +1833,104 @@ $$;
  *   private.outbound_send_begin     the provider call is about to start (send_started_at)
  *   private.outbound_send_refused   the provider answered with a refusal: nothing was sent
  *   private.outbound_accepted       the provider accepted it: provider_message_id, accepted_at
- *   private.complete_outbound       the settlement (message 'sent', early statuses)
- * A row that leaves 'sending' any other way (lease expired, handed back, failed, settlement failed)
- * after a call started goes to 'reconcile', never back to 'queued': with a provider id it is settled
- * later by private.reconcile_outbound (never sent again); without one the outcome is unknown and a
- * person decides (public.retry_outbound). The claim never hands out a row that has a provider id.
+ *   private.outbound_complete       the settlement (message 'sent', early statuses)
+ * A row that leaves 'sending' any other way (lease expired, handed back, snoozed, failed, settlement
+ * failed) after a call started is in doubt (private.outbound_in_doubt) and goes to 'reconcile', never
+ * back to 'queued': with a provider id it is settled later by private.reconcile_outbound (never sent
+ * again); without one the outcome is unknown and a person decides (public.retry_outbound). The claim
+ * never hands out a row that has a provider id.
  */
+create or replace function private.outbound_in_doubt(q public.outbound_messages) returns text
+language sql immutable
+set search_path = ''
+as $$
+  select case when q.provider_message_id is not null then 'the provider accepted it: settled later, never sent again'
+              when q.send_started_at is not null then 'the provider call did not answer: outcome unknown, not sent again' end
+$$;
 
--- The settlement, set-based: worker = the lease holder, or null for the reconciler (rows in
--- 'reconcile' that have the provider's id).
-create or replace function private.settle_outbound(worker text, ids uuid[], results jsonb[] default null)
-returns int
+-- Sent: results[i] = {"provider_message_id": ...} (recorded already by outbound_accepted).
+create or replace function private.outbound_on_complete(q public.outbound_messages, result jsonb) returns jsonb
+language sql stable
+set search_path = ''
+as $$
+  select jsonb_build_object('error_code', null, 'sent_at', now(),
+                            'provider_message_id', coalesce(q.provider_message_id, result ->> 'provider_message_id'),
+                            'accepted_at', coalesce(q.accepted_at, now()))
+$$;
+
+-- Messages the provider has: 'sent' (unless a webhook status already moved them further), and the
+-- statuses that overtook the send's answer applied. Used by the settlement and the reconciler.
+create or replace function private.outbound_settle_messages(sent public.outbound_messages[]) returns void
 language plpgsql
 set search_path = ''
 as $$
 #variable_conflict use_column
-declare
-  n int;
 begin
-  with done as (
-    update public.outbound_messages o
-    set status = 'sent', locked_by = null, locked_until = null, last_error = null, error_code = null, sent_at = now(),
-        provider_message_id = coalesce(o.provider_message_id, r.result ->> 'provider_message_id'),
-        accepted_at = coalesce(o.accepted_at, now())
-    from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as r(id, result)
-    where o.id = r.id
-      and case when worker is null then o.status = 'reconcile' and o.provider_message_id is not null
-               else o.status = 'sending' and o.locked_by = worker end
-    returning o.tenant_id, o.message_id, o.provider_message_id
-  ), msgs as (
-    update public.messages m
-    set provider_message_id = coalesce(m.provider_message_id, d.provider_message_id),
-        status = case when private.message_status_rank(m.status) < private.message_status_rank('sent') then 'sent' else m.status end,
-        sent_at = coalesce(m.sent_at, now())
-    from done d
-    where m.tenant_id = d.tenant_id and m.id = d.message_id
-    returning 1
-  )
-  select count(*)::int into n from msgs;
-  -- Statuses that overtook the send's answer.
+  update public.messages m
+  set provider_message_id = coalesce(m.provider_message_id, d.provider_message_id),
+      status = case when private.message_status_rank(m.status) < private.message_status_rank('sent') then 'sent' else m.status end,
+      sent_at = coalesce(m.sent_at, now())
+  from unnest(sent) d
+  where m.tenant_id = d.tenant_id and m.id = d.message_id;
   perform private.apply_message_status(e.tenant_id, e.provider_message_id, e.status, e.at, e.error_code, e.error_message)
   from private.early_statuses e
-  join public.outbound_messages o on o.tenant_id = e.tenant_id and o.provider_message_id = e.provider_message_id
-  where o.id = any(ids) and o.status = 'sent'
+  join unnest(sent) d on d.tenant_id = e.tenant_id and d.provider_message_id = e.provider_message_id
   order by private.message_status_rank(e.status);
-  delete from private.early_statuses e using public.outbound_messages o
-  where o.id = any(ids) and o.status = 'sent' and o.tenant_id = e.tenant_id and o.provider_message_id = e.provider_message_id;
-  return n;
+  delete from private.early_statuses e using unnest(sent) d
+  where d.tenant_id = e.tenant_id and d.provider_message_id = e.provider_message_id;
 end;
 $$;
 
--- Sent: results[i] = {"provider_message_id": ...}. The message becomes 'sent' (unless a webhook
--- status already moved it further). A row whose settlement fails goes to 'reconcile' (the rest of
--- the batch settles): the provider has it, so it is never sent again.
-create or replace function private.complete_outbound(worker text, ids uuid[], results jsonb[] default null)
-returns int
-language plpgsql
+create or replace function private.outbound_after_complete(worker text, olds public.outbound_messages[],
+                                                           news public.outbound_messages[], results jsonb[])
+returns void
+language sql
 set search_path = ''
 as $$
-#variable_conflict use_column
-declare
-  n int := 0;
-  i int;
-begin
-  begin
-    return private.settle_outbound(worker, ids, results);
-  exception when others then
-    null;  -- one row (or more) cannot settle: settle them one by one
-  end;
-  for i in 1 .. coalesce(cardinality(ids), 0) loop
-    begin
-      n := n + private.settle_outbound(worker, array[ids[i]], array[results[i]]);
-    exception when others then
-      update public.outbound_messages o
-      set status = 'reconcile', locked_by = null, locked_until = null, run_at = now() + interval '1 minute',
-          provider_message_id = coalesce(o.provider_message_id, results[i] ->> 'provider_message_id'),
-          accepted_at = coalesce(o.accepted_at, case when results[i] ? 'provider_message_id' then now() end),
-          last_error = left('accepted by the provider; settling failed (' || sqlstate || ': ' || sqlerrm
-                            || '); settled later, never sent again', 4000)
-      where o.id = ids[i] and o.status = 'sending' and o.locked_by = worker;
-    end;
-  end loop;
-  return n;
-end;
+  select private.outbound_settle_messages(news)
 $$;
+
+-- The error text may start with "code=<provider code>: "; the last or a permanent failure marks the
+-- message failed with the provider's reason.
+create or replace function private.outbound_on_fail(q public.outbound_messages, arg jsonb) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select jsonb_build_object('error_code', substring(arg ->> 'error' from '^code=([^:\s]+)'))
+$$;
+
+create or replace function private.outbound_after_fail(worker text, olds public.outbound_messages[],
+                                                       news public.outbound_messages[], args jsonb[])
+returns void
+language sql
+set search_path = ''
+as $$
+  update public.messages m
+  set status = 'failed', error_code = (u.n).error_code,
+      error_message = left(coalesce(substring(u.a ->> 'error' from '^code=[^:\s]+:\s*(.*)$'), u.a ->> 'error'), 2000)
+  from generate_subscripts(news, 1) i, lateral (select olds[i] as o, news[i] as n, args[i] as a) u
+  where (u.n).status = 'failed' and m.tenant_id = (u.n).tenant_id and m.id = (u.n).message_id
+    and private.message_status_rank(m.status) < private.message_status_rank('failed')
+$$;
+
+revoke execute on function private.outbound_claimed(text, public.outbound_messages[], int),
+  private.outbound_in_doubt(public.outbound_messages), private.outbound_on_complete(public.outbound_messages, jsonb),
+  private.outbound_settle_messages(public.outbound_messages[]),
+  private.outbound_after_complete(text, public.outbound_messages[], public.outbound_messages[], jsonb[]),
+  private.outbound_on_fail(public.outbound_messages, jsonb),
+  private.outbound_after_fail(text, public.outbound_messages[], public.outbound_messages[], jsonb[])
+  from public, anon, authenticated;
+grant execute on function private.outbound_claimed(text, public.outbound_messages[], int),
+  private.outbound_in_doubt(public.outbound_messages), private.outbound_on_complete(public.outbound_messages, jsonb),
+  private.outbound_settle_messages(public.outbound_messages[]),
+  private.outbound_after_complete(text, public.outbound_messages[], public.outbound_messages[], jsonb[]),
+  private.outbound_on_fail(public.outbound_messages, jsonb),
+  private.outbound_after_fail(text, public.outbound_messages[], public.outbound_messages[], jsonb[])
+  to service_role;
+
+select private.install_queue('outbound', 'public.outbound_messages',
+  available => '''queued''', running => '''sending''', succeeded => '''sent''', failed => '''failed''',
+  ready => 'q.status = ''queued'' and q.provider_message_id is null', doubt_state => 'reconcile');
 
 -- The provider call is about to start. {"go": true}, or {"go": false, "provider_message_id", "status"}
 -- when this worker no longer holds the row or the provider already has the message.
@@ -2031,96 +1980,6 @@ begin
 end;
 $$;
 
--- A failed attempt. The error text may start with "code=<provider code>: "; retryable errors
--- retry with exponential backoff; the last or a permanent failure marks the message failed with
--- the provider's reason. A failure while the provider call was in flight (the outcome unknown) or
--- after it was accepted goes to 'reconcile' instead: not sent again.
-create or replace function private.fail_outbound(worker text, outbound_id uuid, error text, retryable boolean default true)
-returns text
-language plpgsql
-set search_path = ''
-as $$
-#variable_conflict use_column
-declare
-  o public.outbound_messages;
-  code text := substring(error from '^code=([^:\s]+)');
-  reason text := coalesce(substring(error from '^code=[^:\s]+:\s*(.*)$'), error);
-begin
-  update public.outbound_messages x
-  set status = case when x.provider_message_id is not null or x.send_started_at is not null then 'reconcile'
-                    when retryable and x.attempts < x.max_attempts then 'queued' else 'failed' end,
-      run_at = case when x.provider_message_id is not null or x.send_started_at is not null then now()
-                    else now() + make_interval(secs => least(power(2, x.attempts - 1), 3600)) end,
-      locked_by = null, locked_until = null, error_code = code,
-      last_error = left(case when x.provider_message_id is not null
-                             then 'accepted by the provider, then: ' || error || '; settled later, never sent again'
-                             when x.send_started_at is not null
-                             then 'outcome unknown (the provider call did not answer): ' || error || '; not sent again'
-                             else error end, 4000)
-  where x.id = outbound_id and x.status = 'sending' and x.locked_by = worker
-  returning * into o;
-  if o.status = 'failed' then
-    update public.messages m
-    set status = 'failed', error_code = code, error_message = left(reason, 2000)
-    where m.tenant_id = o.tenant_id and m.id = o.message_id
-      and private.message_status_rank(m.status) < private.message_status_rank('failed');
-  end if;
-  return o.status;
-end;
-$$;
-
--- Handed back (shutdown): unstarted rows go back to the queue; a row whose call started, to 'reconcile'.
-create or replace function private.release_outbound(worker text, ids uuid[] default null) returns int
-language sql
-set search_path = ''
-as $$
-  with released as (
-    update public.outbound_messages o
-    set status = case when o.provider_message_id is not null or o.send_started_at is not null then 'reconcile' else 'queued' end,
-        attempts = case when o.provider_message_id is not null or o.send_started_at is not null then o.attempts
-                        else greatest(o.attempts - 1, 0) end,
-        last_error = case when o.provider_message_id is not null then 'handed back after the provider accepted it; settled later'
-                          when o.send_started_at is not null then 'handed back during the provider call: outcome unknown, not sent again'
-                          else o.last_error end,
-        locked_by = null, locked_until = null
-    where o.status = 'sending' and o.locked_by = worker and (ids is null or o.id = any(ids))
-    returning 1
-  )
-  select count(*)::int from released
-$$;
-
-create or replace function private.defer_outbound(worker text, outbound_id uuid, seconds int) returns void
-language sql
-set search_path = ''
-as $$
-  update public.outbound_messages o
-  set status = case when o.provider_message_id is not null or o.send_started_at is not null then 'reconcile' else 'queued' end,
-      attempts = greatest(o.attempts - 1, 0), locked_by = null, locked_until = null,
-      run_at = now() + make_interval(secs => seconds)
-  where o.id = outbound_id and o.status = 'sending' and o.locked_by = worker
-$$;
-
--- The rescuer: a lease expired (its worker died). Unstarted rows go back to the queue (or fail past
--- their attempts); a row accepted by the provider, or whose call was in flight, to 'reconcile'.
-create or replace function private.rescue_outbound() returns int
-language sql
-set search_path = ''
-as $$
-  with rescued as (
-    update public.outbound_messages o
-    set status = case when o.provider_message_id is not null or o.send_started_at is not null then 'reconcile'
-                      when o.attempts < o.max_attempts then 'queued' else 'failed' end,
-        last_error = 'lease expired (worker ' || coalesce(o.locked_by, '?') || ' stopped answering)'
-                     || case when o.provider_message_id is not null then ' after the provider accepted it; settled later, never sent again'
-                             when o.send_started_at is not null then ' during the provider call: outcome unknown, not sent again'
-                             else '' end,
-        locked_by = null, locked_until = null, run_at = now()
-    where o.status = 'sending' and o.locked_until < now()
-    returning 1
-  )
-  select count(*)::int from rescued
-$$;
-
 -- The reconciler (worker schedule): rows in 'reconcile' that have the provider's id are settled
 -- (never sent); one that still cannot settle keeps its error and is tried again later.
 create or replace function private.reconcile_outbound(n int default 200) returns int
@@ -2130,6 +1989,7 @@ as $$
 #variable_conflict use_column
 declare
   r record;
+  o public.outbound_messages;
   settled int := 0;
 begin
   for r in
@@ -2140,13 +2000,18 @@ begin
     limit n
   loop
     begin
-      settled := settled + private.settle_outbound(null, array[r.id]);
+      update public.outbound_messages x
+      set status = 'sent', last_error = null, error_code = null, sent_at = now(), accepted_at = coalesce(x.accepted_at, now())
+      where x.id = r.id
+      returning * into o;
+      perform private.outbound_settle_messages(array[o]);
+      settled := settled + 1;
     exception when others then
-      update public.outbound_messages o
+      update public.outbound_messages x
       set run_at = now() + interval '5 minutes',
           last_error = left('accepted by the provider; settling failed (' || sqlstate || ': ' || sqlerrm
                             || '); tried again later, never sent again', 4000)
-      where o.id = r.id;
+      where x.id = r.id;
     end;
   end loop;
   return settled;
@@ -2194,10 +2059,10 @@ begin
   return o;
 end;
 $$;
-revoke execute on function private.settle_outbound(text, uuid[], jsonb[]), private.outbound_send_begin(text, uuid),
+revoke execute on function private.outbound_send_begin(text, uuid),
   private.outbound_send_refused(text, uuid), private.outbound_accepted(text, uuid, text),
   private.reconcile_outbound(int), public.retry_outbound(uuid) from public, anon, authenticated;
-grant execute on function private.settle_outbound(text, uuid[], jsonb[]), private.outbound_send_begin(text, uuid),
+grant execute on function private.outbound_send_begin(text, uuid),
   private.outbound_send_refused(text, uuid), private.outbound_accepted(text, uuid, text),
   private.reconcile_outbound(int) to service_role;
 grant execute on function public.retry_outbound(uuid) to authenticated;
@@ -2415,13 +2280,7 @@ revoke execute on all functions in schema private from public;
 grant execute on function private.message_status_rank(text) to authenticated, service_role;
 grant execute on function
   private.receive_event(text, text, jsonb, jsonb, bytea, text, uuid, boolean),
-  private.claim_inbound_events(text, int, int), private.complete_inbound_events(text, bigint[], jsonb[]),
-  private.fail_inbound_event(text, bigint, text, boolean), private.release_inbound_events(text, bigint[]),
-  private.defer_inbound_event(text, bigint, int), private.rescue_inbound_events(),
   private.process_inbound_event(bigint),
-  private.claim_outbound(text, int, int), private.complete_outbound(text, uuid[], jsonb[]),
-  private.fail_outbound(text, uuid, text, boolean), private.release_outbound(text, uuid[]),
-  private.defer_outbound(text, uuid, int), private.rescue_outbound(),
   private.channel_for_worker(uuid), private.set_channel_secret(uuid, text), private.save_sync_state(uuid, text, jsonb),
   private.upsert_templates(uuid, jsonb), private.upsert_ad_insights(uuid, text, jsonb),
   private.route_conversation(uuid), private.apply_message_status(uuid, text, text, timestamptz, text, text),

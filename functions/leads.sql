@@ -632,7 +632,7 @@ revoke execute on function private.advance_lead(uuid, text, text, text, text, in
 grant execute on function private.advance_lead(uuid, text, text, text, text, int, jsonb, jsonb) to service_role;
 
 -- ---------------------------------------------------------------------------------------------
--- The worker's lead queue (worker/registry.py's six functions). Dispatch: next_orchestrator_module.
+-- The worker's lead queue (private.leads_claim ... _rescue, installed below). Dispatch: next_orchestrator_module.
 -- ---------------------------------------------------------------------------------------------
 
 -- What handlers need to know about a tenant: region, thresholds, and the leads.* feature switches.
@@ -669,30 +669,33 @@ as $$
   from (select private.clean_email(email) as e) x
 $$;
 
-create or replace function private.claim_leads(worker text, n int, lease_seconds int)
-returns table (id uuid, next_orchestrator_module text, tenant_id uuid, lead jsonb, config jsonb)
-language sql
+/*
+ * The lease protocol is private.install_queue's (functions/worker.sql); the lead pipeline plugs in its
+ * status machine and its records through these hooks: a claim moves the lead to its route's working
+ * status (a 'recover' step does not count as an attempt) and hands the handler the lead, its checked
+ * identifiers and the tenant's config; complete applies the handler's move and column values; a
+ * failure past its attempts goes to the route's failure status; an expired lease marks the lead
+ * TIMEOUT_DETECTED (route -> recover, which resumes where it was). Each settled batch writes
+ * processing_logs, system_metrics and a broadcast.
+ */
+create or replace function private.leads_on_claim(q public.leads, arg jsonb) returns jsonb
+language sql stable
 set search_path = ''
 as $$
-  with due as (
-    select q.id from public.leads q
-    where q.next_orchestrator_module is not null and q.locked_until is null and q.next_attempt_at <= now()
-    order by q.current_orchestrator_priority desc, q.next_attempt_at
-    limit n
-    for update skip locked
-  ), claimed as (
-    update public.leads l
-    set locked_by = worker, locked_at = clock_timestamp(),
-        locked_until = now() + make_interval(secs => lease_seconds),
-        attempts = l.attempts + case when r.module = 'recover' then 0 else 1 end,
-        claimed_status = l.processing_status,
-        processing_status = coalesce(r.working_status, l.processing_status)
-    from due, private.lead_routes r
-    where l.id = due.id and r.status = l.processing_status
-    returning l.*
+  select case when q.next_orchestrator_module = 'recover' then jsonb_build_object('attempts', q.attempts)
+              else '{}'::jsonb end
+$$;
+
+create or replace function private.leads_claimed(worker text, claimed public.leads[], lease_seconds int)
+returns table (id uuid, next_orchestrator_module text, tenant_id uuid, lead jsonb, config jsonb)
+language sql stable
+set search_path = ''
+as $$
+  with c as (
+    select * from unnest(claimed)
   ), cfg as (
-    select c.tenant_id, private.lead_config(c.tenant_id) as config
-    from (select distinct claimed.tenant_id from claimed) c
+    select x.tenant_id, private.lead_config(x.tenant_id) as config
+    from (select distinct c.tenant_id from c) x
   )
   select c.id, c.next_orchestrator_module, c.tenant_id,
          to_jsonb(c) - 'raw' || case when c.next_orchestrator_module = 'normalize' then jsonb_build_object('identifiers',
@@ -704,82 +707,59 @@ as $$
                 else private.lead_identifiers(c.email, c.phone, c.website, cfg.config ->> 'region') end)
            else '{}' end,
          cfg.config
-  from claimed c join cfg on cfg.tenant_id = c.tenant_id
+  from c join cfg on cfg.tenant_id = c.tenant_id
 $$;
 
-
 /*
- * Finish a batch in one statement. Each result (from the handler) is
+ * A handler's result is
  *   {"status": <next status>, "action": "...", "result": "ok", "detail": {...}, "set": {<column>: value}}
- * Only the lease holder can complete. Logs one processing_logs row per lead and adds the batch to
- * system_metrics (per tenant, module and minute).
+ * A move the status machine refuses is not applied: the lead goes to its route's failure status
+ * (review) with the refusal as its error, instead of failing the whole batch.
  */
-create or replace function private.complete_leads(worker text, ids uuid[], results jsonb[] default null)
-returns int
-language plpgsql
+create or replace function private.leads_on_complete(q public.leads, res jsonb) returns jsonb
+language sql stable
 set search_path = ''
 as $$
-#variable_conflict use_variable
-declare
-  n int;
-  sent int;
-begin
-  -- One statement: apply the moves, log them, add the metrics, broadcast per tenant.
-  with r as (
-    -- the lease as it was (module, status claimed in, lease start), read before the update
-    select u.id, coalesce(u.res, '{}'::jsonb) as res, coalesce(u.res -> 'set', '{}'::jsonb) as s,
-           l0.next_orchestrator_module as module, l0.claimed_status, l0.locked_at,
-           -- a move the status machine refuses is not applied: the lead goes to review instead of
-           -- failing the whole batch
-           (u.res ->> 'status' is null or u.res ->> 'status' in (l0.claimed_status, l0.processing_status)
-            or exists (select 1 from private.lead_transitions t
-                       where t.from_status = l0.processing_status and t.to_status = u.res ->> 'status')) as valid,
-           coalesce((select rt.failure_status from private.lead_routes rt where rt.status = l0.claimed_status),
-                    'HUMAN_REVIEW_NEEDED') as failure_status
-    from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as u(id, res)
-    join public.leads l0 on l0.id = u.id and l0.locked_by = worker and l0.locked_until is not null
-  ), upd as (
-    update public.leads l set
-      processing_status = case when r.valid then coalesce(r.res ->> 'status', l.claimed_status) else r.failure_status end,
-      company_name = case when r.s ? 'company_name' then r.s ->> 'company_name' else l.company_name end,
-      contact_name = case when r.s ? 'contact_name' then r.s ->> 'contact_name' else l.contact_name end,
-      email = case when r.s ? 'email' then r.s ->> 'email' else l.email end,
-      phone = case when r.s ? 'phone' then r.s ->> 'phone' else l.phone end,
-      website = case when r.s ? 'website' then r.s ->> 'website' else l.website end,
-      domain_cleaned = case when r.s ? 'domain_cleaned' then r.s ->> 'domain_cleaned' else l.domain_cleaned end,
-      city = case when r.s ? 'city' then r.s ->> 'city' else l.city end,
-      country = case when r.s ? 'country' then r.s ->> 'country' else l.country end,
-      enrichment = case when r.s ? 'enrichment' then l.enrichment || (r.s -> 'enrichment') else l.enrichment end,
-      validation = case when r.s ? 'validation' then l.validation || (r.s -> 'validation') else l.validation end,
-      lead_category = case when r.s ? 'lead_category' then r.s ->> 'lead_category' else l.lead_category end,
-      luna_ai_score = case when r.s ? 'luna_ai_score' then (r.s ->> 'luna_ai_score')::int else l.luna_ai_score end,
-      luna_ai_decision = case when r.s ? 'luna_ai_decision' then r.s ->> 'luna_ai_decision' else l.luna_ai_decision end,
-      luna_ai_reason = case when r.s ? 'luna_ai_reason' then r.s ->> 'luna_ai_reason' else l.luna_ai_reason end,
-      sector_category = case when r.s ? 'sector_category' then r.s ->> 'sector_category' else l.sector_category end,
-      company_size_category = case when r.s ? 'company_size_category' then r.s ->> 'company_size_category' else l.company_size_category end,
-      ai_provider = case when r.s ? 'ai_provider' then r.s ->> 'ai_provider' else l.ai_provider end,
-      ai_model = case when r.s ? 'ai_model' then r.s ->> 'ai_model' else l.ai_model end,
-      ai_prompt_version = case when r.s ? 'ai_prompt_version' then r.s ->> 'ai_prompt_version' else l.ai_prompt_version end,
-      ai_decided_at = case when r.s ? 'luna_ai_decision' then now() else l.ai_decided_at end,
-      current_orchestrator_priority = case when r.s ? 'lead_category'
-        then private.lead_priority(l.source, r.s ->> 'lead_category') else l.current_orchestrator_priority end,
-      qualified_at = case when r.res ->> 'status' = 'QUALIFIED' then now() else l.qualified_at end,
-      resume_status = null, attempts = 0,
-      last_error = case when r.valid then null
-                        else format('handler %s returned a refused move %s -> %s', r.module, l.processing_status, r.res ->> 'status') end,
-      locked_by = null, locked_until = null, locked_at = null, claimed_status = null, next_attempt_at = now()
-    from r
-    where l.id = r.id
-    returning l.id, l.tenant_id, l.processing_status, r.res, r.module, r.claimed_status, r.locked_at, r.valid, l.last_error
-  ),
-  done as (
-    select upd.id, upd.tenant_id, coalesce(upd.module, 'worker') as module, upd.claimed_status as from_status,
-           upd.processing_status as to_status, coalesce(upd.res ->> 'action', upd.module, 'step') as action,
-           case when upd.valid then coalesce(upd.res ->> 'result', 'ok') else 'error' end as result,
-           (extract(epoch from clock_timestamp() - upd.locked_at) * 1000)::int as duration_ms,
-           coalesce(upd.res -> 'detail', '{}') || case when upd.valid then '{}'::jsonb
-                                                   else jsonb_build_object('error', upd.last_error) end as detail
-    from upd
+  select coalesce((select jsonb_object_agg(e.key, e.value) from jsonb_each(x.s) e
+                   where e.key in ('company_name', 'contact_name', 'email', 'phone', 'website', 'domain_cleaned', 'city',
+                                   'country', 'lead_category', 'luna_ai_score', 'luna_ai_decision', 'luna_ai_reason',
+                                   'sector_category', 'company_size_category', 'ai_provider', 'ai_model',
+                                   'ai_prompt_version')), '{}')
+         || case when x.s ? 'enrichment' then jsonb_build_object('enrichment', q.enrichment || (x.s -> 'enrichment')) else '{}' end
+         || case when x.s ? 'validation' then jsonb_build_object('validation', q.validation || (x.s -> 'validation')) else '{}' end
+         || case when x.s ? 'luna_ai_decision' then jsonb_build_object('ai_decided_at', now()) else '{}' end
+         || case when x.s ? 'lead_category' then jsonb_build_object('current_orchestrator_priority',
+                   private.lead_priority(q.source, x.s ->> 'lead_category')) else '{}' end
+         || case when res ->> 'status' = 'QUALIFIED' then jsonb_build_object('qualified_at', now()) else '{}' end
+         || jsonb_build_object(
+              'processing_status', case when x.valid then coalesce(res ->> 'status', q.claimed_status)
+                                        else coalesce((select r.failure_status from private.lead_routes r
+                                                       where r.status = q.claimed_status), 'HUMAN_REVIEW_NEEDED') end,
+              'last_error', case when not x.valid then format('handler %s returned a refused move %s -> %s',
+                                                              q.next_orchestrator_module, q.processing_status, res ->> 'status') end,
+              'resume_status', null, 'attempts', 0, 'next_attempt_at', now())
+  from (select coalesce(res -> 'set', '{}') as s,
+               (res ->> 'status' is null or res ->> 'status' in (q.claimed_status, q.processing_status)
+                or exists (select 1 from private.lead_transitions t
+                           where t.from_status = q.processing_status and t.to_status = res ->> 'status')) as valid) x
+$$;
+
+-- One processing_logs row per lead, the batch added to system_metrics (per tenant, module and
+-- minute), one broadcast per tenant.
+create or replace function private.leads_after_complete(worker text, olds public.leads[], news public.leads[], results jsonb[])
+returns void
+language sql
+set search_path = ''
+as $$
+  with done as (
+    select (u.n).id, (u.n).tenant_id, coalesce((u.o).next_orchestrator_module, 'worker') as module,
+           (u.o).claimed_status as from_status, (u.n).processing_status as to_status,
+           coalesce(u.r ->> 'action', (u.o).next_orchestrator_module, 'step') as action,
+           case when (u.n).last_error is null then coalesce(u.r ->> 'result', 'ok') else 'error' end as result,
+           (extract(epoch from clock_timestamp() - (u.o).locked_at) * 1000)::int as duration_ms,
+           coalesce(u.r -> 'detail', '{}') || case when (u.n).last_error is null then '{}'::jsonb
+                                            else jsonb_build_object('error', (u.n).last_error) end as detail
+    from generate_subscripts(news, 1) i, lateral (select olds[i] as o, news[i] as n, results[i] as r) u
   ), logs as (
     insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, duration_ms, detail)
     select d.tenant_id, d.id, d.module, d.action, d.result, d.from_status, d.to_status, d.duration_ms, d.detail
@@ -792,13 +772,9 @@ begin
     on conflict (tenant_id, module, bucket) do update
       set processed = m.processed + excluded.processed, errors = m.errors + excluded.errors,
           total_ms = m.total_ms + excluded.total_ms, max_ms = greatest(m.max_ms, excluded.max_ms)
-  ), broadcasts as (
-    select private.broadcast('tenant:' || x.tenant_id || ':leads', 'leads_advanced', jsonb_build_object('count', x.n))
-    from (select d.tenant_id, count(*) as n from done d group by d.tenant_id) x
   )
-  select (select count(*) from done), (select count(*) from broadcasts) into n, sent;
-  return n;
-end;
+  select count(private.broadcast('tenant:' || x.tenant_id || ':leads', 'leads_advanced', jsonb_build_object('count', x.n)))
+  from (select d.tenant_id, count(*) as n from done d group by d.tenant_id) x
 $$;
 
 -- Count an error in the module's metrics.
@@ -811,126 +787,101 @@ as $$
   on conflict (tenant_id, module, bucket) do update set errors = m.errors + 1
 $$;
 
--- A failed attempt: back to the status it was claimed in with exponential backoff, or (not
--- retryable, or out of attempts) to the route's failure status. Logged with the error (and stack).
-create or replace function private.fail_lead(worker text, lead uuid, error text, retryable boolean default true)
-returns text
-language plpgsql
+-- A failure past its attempts ends the step: the next one starts with its own attempts.
+create or replace function private.leads_on_fail(q public.leads, arg jsonb) returns jsonb
+language sql immutable
 set search_path = ''
 as $$
-#variable_conflict use_variable
-declare
-  l public.leads;
-  r private.lead_routes;
-  target text;
-begin
-  select * into l from public.leads x where x.id = lead and x.locked_by = worker and x.locked_until is not null for update;
-  if not found then
-    return null;
-  end if;
-  select * into r from private.lead_routes where status = l.claimed_status;
-  target := case when retryable and l.attempts < coalesce(r.max_attempts, 5) then l.claimed_status
-                 else coalesce(r.failure_status, 'HUMAN_REVIEW_NEEDED') end;
-  update public.leads x set processing_status = target, last_error = left(error, 4000),
-         next_attempt_at = now() + make_interval(secs => least(power(2, greatest(x.attempts - 1, 0)), 3600)),
-         attempts = case when target = l.claimed_status then x.attempts else 0 end,
-         locked_by = null, locked_until = null, locked_at = null, claimed_status = null
-  where x.id = lead;
-  insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, error,
-                                      duration_ms, detail)
-  values (l.tenant_id, l.id, coalesce(r.module, 'worker'), 'attempt',
-          case when target = l.claimed_status then 'retry' else 'error' end, l.claimed_status, target, left(error, 8000),
-          (extract(epoch from clock_timestamp() - l.locked_at) * 1000)::int,
-          jsonb_build_object('attempt', l.attempts, 'retryable', retryable));
-  perform private.lead_metric_error(l.tenant_id, coalesce(r.module, 'worker'));
-  if target <> l.claimed_status then
-    perform private.broadcast('tenant:' || l.tenant_id || ':leads', 'alert',
-      jsonb_build_object('lead_id', l.id, 'status', target, 'module', r.module, 'error', left(error, 300)));
-  end if;
-  return target;
-end;
+  select case when (arg ->> 'retry')::boolean then '{}'::jsonb else '{"attempts": 0}'::jsonb end
 $$;
 
--- Graceful shutdown: hand leases back without counting the attempt.
-create or replace function private.release_leads(worker text, ids uuid[] default null) returns int
+-- Every failed attempt is logged with its error (and stack) and counted; the last one also alerts.
+create or replace function private.leads_after_fail(worker text, olds public.leads[], news public.leads[], args jsonb[])
+returns void
 language sql
 set search_path = ''
 as $$
-  with released as (
-    update public.leads l
-    set processing_status = coalesce(l.claimed_status, l.processing_status), attempts = greatest(l.attempts - 1, 0),
-        locked_by = null, locked_until = null, locked_at = null, claimed_status = null
-    where l.locked_by = worker and l.locked_until is not null and (ids is null or l.id = any(ids))
-    returning 1
+  with f as (
+    select (u.o).id, (u.o).tenant_id, (u.o).claimed_status, (u.o).attempts, (u.o).locked_at, (u.n).processing_status as target,
+           (u.a ->> 'retry')::boolean as retry, (u.a ->> 'retryable')::boolean as retryable, u.a ->> 'error' as error,
+           (select r.module from private.lead_routes r where r.status = (u.o).claimed_status) as module
+    from generate_subscripts(news, 1) i, lateral (select olds[i] as o, news[i] as n, args[i] as a) u
+  ), logs as (
+    insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, error,
+                                        duration_ms, detail)
+    select f.tenant_id, f.id, coalesce(f.module, 'worker'), 'attempt', case when f.retry then 'retry' else 'error' end,
+           f.claimed_status, f.target, left(f.error, 8000), (extract(epoch from clock_timestamp() - f.locked_at) * 1000)::int,
+           jsonb_build_object('attempt', f.attempts, 'retryable', f.retryable)
+    from f
+  ), metrics as (
+    select private.lead_metric_error(f.tenant_id, coalesce(f.module, 'worker')) from f
   )
-  select count(*)::int from released
+  select (select count(*) from metrics)
+         + (select count(private.broadcast('tenant:' || f.tenant_id || ':leads', 'alert',
+                     jsonb_build_object('lead_id', f.id, 'status', f.target, 'module', f.module, 'error', left(f.error, 300))))
+            from f where not f.retry)
 $$;
 
--- Wait without failing (breaker open): back after `seconds`, the attempt not counted.
-create or replace function private.defer_lead(worker text, lead uuid, seconds int) returns void
-language plpgsql
-set search_path = ''
-as $$
-#variable_conflict use_variable
-declare
-  l public.leads;
-begin
-  update public.leads x
-  set processing_status = coalesce(x.claimed_status, x.processing_status), attempts = greatest(x.attempts - 1, 0),
-      next_attempt_at = now() + make_interval(secs => seconds),
-      locked_by = null, locked_until = null, locked_at = null, claimed_status = null
-  where x.id = lead and x.locked_by = worker and x.locked_until is not null
-  returning * into l;
-  if found then
-    insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
-    values (l.tenant_id, l.id, coalesce(l.next_orchestrator_module, 'worker'), 'defer', 'wait', l.processing_status,
-            jsonb_build_object('seconds', seconds, 'reason', 'circuit breaker open'));
-  end if;
-end;
-$$;
-
--- The rescuer: an expired lease (the worker died) marks the lead TIMEOUT_DETECTED, to be retried
--- with backoff from the status it was in (route TIMEOUT_DETECTED -> recover), or past its attempts
--- sent to the route's failure status.
-create or replace function private.rescue_leads() returns int
+create or replace function private.leads_after_snooze(worker text, olds public.leads[], news public.leads[], args jsonb[])
+returns void
 language sql
 set search_path = ''
 as $$
-  with expired as (
-    select l.id, l.tenant_id, l.claimed_status, l.processing_status, l.locked_by, l.attempts,
-           coalesce(r.max_attempts, 5) as max_attempts, coalesce(r.failure_status, 'HUMAN_REVIEW_NEEDED') as failure_status,
-           r.module
-    from public.leads l left join private.lead_routes r on r.status = l.claimed_status
-    where l.locked_until < now()
-    for update of l skip locked
-  ), moved as (
-    update public.leads l
-    set processing_status = case when e.attempts < e.max_attempts then 'TIMEOUT_DETECTED' else e.failure_status end,
-        resume_status = case when e.attempts < e.max_attempts then coalesce(e.claimed_status, e.processing_status) end,
-        last_error = 'lease expired (worker ' || coalesce(e.locked_by, '?') || ' stopped answering)',
-        next_attempt_at = now() + make_interval(secs => least(power(2, greatest(e.attempts - 1, 0)), 3600)),
-        locked_by = null, locked_until = null, locked_at = null, claimed_status = null
-    from expired e where l.id = e.id
-    returning l.id, l.tenant_id, l.processing_status, e.processing_status as was, e.module, e.locked_by, e.attempts
-  ), logged as (
-    insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, error, detail)
-    select m.tenant_id, m.id, 'orchestrator', 'timeout', 'error', m.was, m.processing_status,
-           'lease expired (worker ' || coalesce(m.locked_by, '?') || ' stopped answering)',
-           jsonb_build_object('module', m.module, 'attempt', m.attempts)
-    from moved m
-    returning 1
-  )
-  select count(*)::int from logged
+  insert into public.processing_logs (tenant_id, lead_id, module, action, result, to_status, detail)
+  select (u.n).tenant_id, (u.n).id, coalesce((u.n).next_orchestrator_module, 'worker'), 'snooze', 'wait', (u.n).processing_status,
+         jsonb_build_object('seconds', (u.a ->> 'seconds')::int, 'reason', 'circuit breaker open')
+  from generate_subscripts(news, 1) i, lateral (select olds[i] as o, news[i] as n, args[i] as a) u
 $$;
 
-revoke execute on function private.lead_config(uuid), private.claim_leads(text, int, int),
-  private.complete_leads(text, uuid[], jsonb[]), private.fail_lead(text, uuid, text, boolean),
-  private.release_leads(text, uuid[]), private.defer_lead(text, uuid, int), private.rescue_leads(),
-  private.lead_metric_error(uuid, text) from public, anon, authenticated;
-grant execute on function private.lead_config(uuid), private.claim_leads(text, int, int),
-  private.complete_leads(text, uuid[], jsonb[]), private.fail_lead(text, uuid, text, boolean),
-  private.release_leads(text, uuid[]), private.defer_lead(text, uuid, int), private.rescue_leads(),
-  private.lead_metric_error(uuid, text) to service_role;
+-- An expired lease: TIMEOUT_DETECTED, resumed from the status it was in (or the failure status).
+create or replace function private.leads_on_rescue(q public.leads, arg jsonb) returns jsonb
+language sql immutable
+set search_path = ''
+as $$
+  select case when (arg ->> 'retry')::boolean
+              then jsonb_build_object('processing_status', 'TIMEOUT_DETECTED',
+                                      'resume_status', coalesce(q.claimed_status, q.processing_status))
+              else '{"resume_status": null}'::jsonb end
+$$;
+
+create or replace function private.leads_after_rescue(worker text, olds public.leads[], news public.leads[], args jsonb[])
+returns void
+language sql
+set search_path = ''
+as $$
+  insert into public.processing_logs (tenant_id, lead_id, module, action, result, from_status, to_status, error, detail)
+  select (u.n).tenant_id, (u.n).id, 'orchestrator', 'timeout', 'error', (u.o).processing_status, (u.n).processing_status,
+         (u.n).last_error, jsonb_build_object('module', (select r.module from private.lead_routes r where r.status = (u.o).claimed_status),
+                                            'attempt', (u.o).attempts)
+  from generate_subscripts(news, 1) i, lateral (select olds[i] as o, news[i] as n, args[i] as a) u
+$$;
+
+revoke execute on function private.lead_config(uuid), private.lead_metric_error(uuid, text),
+  private.leads_on_claim(public.leads, jsonb), private.leads_claimed(text, public.leads[], int),
+  private.leads_on_complete(public.leads, jsonb), private.leads_after_complete(text, public.leads[], public.leads[], jsonb[]),
+  private.leads_on_fail(public.leads, jsonb), private.leads_after_fail(text, public.leads[], public.leads[], jsonb[]),
+  private.leads_after_snooze(text, public.leads[], public.leads[], jsonb[]),
+  private.leads_on_rescue(public.leads, jsonb), private.leads_after_rescue(text, public.leads[], public.leads[], jsonb[])
+  from public, anon, authenticated;
+grant execute on function private.lead_config(uuid), private.lead_metric_error(uuid, text),
+  private.leads_on_claim(public.leads, jsonb), private.leads_claimed(text, public.leads[], int),
+  private.leads_on_complete(public.leads, jsonb), private.leads_after_complete(text, public.leads[], public.leads[], jsonb[]),
+  private.leads_on_fail(public.leads, jsonb), private.leads_after_fail(text, public.leads[], public.leads[], jsonb[]),
+  private.leads_after_snooze(text, public.leads[], public.leads[], jsonb[]),
+  private.leads_on_rescue(public.leads, jsonb), private.leads_after_rescue(text, public.leads[], public.leads[], jsonb[])
+  to service_role;
+
+-- The queue: dispatched by next_orchestrator_module; the state is processing_status, read through
+-- the routes (private.lead_routes: working status, failure status, attempts per step).
+select private.install_queue('leads', 'public.leads',
+  state => 'processing_status',
+  ready => 'q.next_orchestrator_module is not null and q.locked_until is null',
+  available => 'coalesce(q.claimed_status, q.processing_status)',
+  running => 'coalesce((select r.working_status from private.lead_routes r where r.status = q.processing_status), q.processing_status)',
+  succeeded => 'coalesce(q.claimed_status, q.processing_status)',
+  failed => 'coalesce((select r.failure_status from private.lead_routes r where r.status = q.claimed_status), ''HUMAN_REVIEW_NEEDED'')',
+  max_attempts => 'coalesce((select r.max_attempts from private.lead_routes r where r.status = q.claimed_status), 5)',
+  due => 'next_attempt_at', priority => 'current_orchestrator_priority', claimed_state => 'claimed_status');
 
 -- ---------------------------------------------------------------------------------------------
 -- Review RPCs: a person requeues, approves or rejects a lead. The verdict is stored next to the

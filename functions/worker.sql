@@ -7,7 +7,8 @@
 -- Jobs
 -- ---------------------------------------------------------------------------------------------
 
--- Queue a job. With an idempotency key, a second enqueue returns the first job's id.
+-- Queue a job. With an idempotency key, a second enqueue returns the first job's id. A higher
+-- priority runs first (as on every queue).
 create or replace function private.enqueue_job(
   kind text, payload jsonb default '{}', tenant uuid default null, run_at timestamptz default now(),
   idempotency_key text default null, priority smallint default 100, max_attempts int default 5
@@ -27,86 +28,9 @@ as $$
   limit 1
 $$;
 
--- The one claim pattern: lease up to n due jobs with skip locked, so workers never collide.
-create or replace function private.claim_jobs(worker text, n int, lease_seconds int, kinds text[] default null)
-returns setof private.jobs
-language sql
-set search_path = ''
-as $$
-  update private.jobs j
-  set status = 'running', locked_by = worker, attempts = j.attempts + 1,
-      locked_until = now() + make_interval(secs => lease_seconds)
-  where j.id in (
-    select q.id from private.jobs q
-    where q.status = 'queued' and q.run_at <= now() and (kinds is null or q.kind = any(kinds))
-    order by q.priority, q.run_at, q.id
-    for update skip locked
-    limit n)
-  returning j.*
-$$;
-
--- Finish a batch in one statement. Only the lease holder can complete (a rescued job is not).
-create or replace function private.complete_jobs(worker text, ids bigint[], results jsonb[] default null)
-returns int
-language sql
-set search_path = ''
-as $$
-  with done as (
-    update private.jobs j
-    set status = 'succeeded', locked_by = null, locked_until = null, last_error = null,
-        result = r.result
-    from unnest(ids, coalesce(results, array_fill(null::jsonb, array[cardinality(ids)]))) as r(id, result)
-    where j.id = r.id and j.status = 'running' and j.locked_by = worker
-    returning 1
-  )
-  select count(*)::int from done
-$$;
-
--- A failed attempt: retry with exponential backoff (1 s, 2 s, 4 s ... capped at an hour), or, past
--- max_attempts or when not retryable, end in the visible 'failed' status with the error.
-create or replace function private.fail_job(worker text, job_id bigint, error text, retryable boolean default true)
-returns private.job_status
-language sql
-set search_path = ''
-as $$
-  update private.jobs j
-  set status = case when retryable and j.attempts < j.max_attempts then 'queued' else 'failed' end::private.job_status,
-      run_at = now() + make_interval(secs => least(power(2, j.attempts - 1), 3600)),
-      locked_by = null, locked_until = null, last_error = left(error, 4000)
-  where j.id = job_id and j.status = 'running' and j.locked_by = worker
-  returning j.status
-$$;
-
--- Graceful shutdown: hand unfinished leases back without counting the attempt.
-create or replace function private.release_jobs(worker text, ids bigint[] default null) returns int
-language sql
-set search_path = ''
-as $$
-  with released as (
-    update private.jobs j
-    set status = 'queued', attempts = greatest(j.attempts - 1, 0), locked_by = null, locked_until = null
-    where j.status = 'running' and j.locked_by = worker and (ids is null or j.id = any(ids))
-    returning 1
-  )
-  select count(*)::int from released
-$$;
-
--- The rescuer: jobs whose lease expired (their worker died) go back to the queue, or to 'failed'
--- when they have used up their attempts.
-create or replace function private.rescue_jobs() returns int
-language sql
-set search_path = ''
-as $$
-  with rescued as (
-    update private.jobs j
-    set status = case when j.attempts < j.max_attempts then 'queued' else 'failed' end::private.job_status,
-        last_error = 'lease expired (worker ' || coalesce(j.locked_by, '?') || ' stopped answering)',
-        locked_by = null, locked_until = null, run_at = now()
-    where j.status = 'running' and j.locked_until < now()
-    returning 1
-  )
-  select count(*)::int from rescued
-$$;
+-- The generic job queue: private.jobs_claim ... private.jobs_rescue, written by private.install_queue
+-- (functions/core.sql: the one queue protocol); no hooks.
+select private.install_queue('jobs', 'private.jobs');
 
 -- ---------------------------------------------------------------------------------------------
 -- Step marks: a handler's side effect done once per entity and step (private.step_marks). A worker
@@ -236,22 +160,6 @@ $$;
 
 revoke execute on all functions in schema private from public;
 grant execute on function private.enqueue_job(text, jsonb, uuid, timestamptz, text, smallint, int),
-  private.claim_jobs(text, int, int, text[]), private.complete_jobs(text, bigint[], jsonb[]),
-  private.fail_job(text, bigint, text, boolean), private.release_jobs(text, bigint[]), private.rescue_jobs(),
   private.breaker_allow(text), private.breaker_record(text, boolean, text),
   private.breaker_configure(text, int, int)
   to service_role;
-
--- Wait without failing (the module's breaker is open): back in the queue after `seconds`, the
--- attempt not counted.
-create or replace function private.defer_job(worker text, job_id bigint, seconds int) returns void
-language sql
-set search_path = ''
-as $$
-  update private.jobs j
-  set status = 'queued', attempts = greatest(j.attempts - 1, 0), locked_by = null, locked_until = null,
-      run_at = now() + make_interval(secs => seconds)
-  where j.id = job_id and j.status = 'running' and j.locked_by = worker
-$$;
-revoke execute on function private.defer_job(text, bigint, int) from public;
-grant execute on function private.defer_job(text, bigint, int) to service_role;

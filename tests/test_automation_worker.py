@@ -29,7 +29,7 @@ def test_a_killed_worker_resumes_without_repeating_a_sent_step(db_url, conn, pro
     # its batch settles: the jobs stay 'running' under the dead worker's lease.
     kill_mid_batch(db_url, "jobs", "automation.step", lambda: probe() >= len(people))
     assert all(len(sent(conn, p)) == 1 for p in people)
-    assert expire_and_rescue(conn, "private.jobs", "private.rescue_jobs") >= len(people)
+    assert expire_and_rescue(conn, "private.jobs", "private.jobs_rescue") >= len(people)
     drain(conn, db_url)
     for p in people:
         run = run_of(conn, wid, p)

@@ -144,7 +144,7 @@ def test_killed_crm_sync_repeats_no_timeline_event_or_notification(db_url, conn,
     assert synced_before == batch
     assert conn.execute("select count(*) as n from public.timeline_events where event_type = 'lead_synced' "
                         "and data ->> 'lead_id' = any(%s)", (leads,)).fetchone()["n"] == batch
-    assert expire_and_rescue(conn, "public.leads", "private.rescue_leads") == batch
+    assert expire_and_rescue(conn, "public.leads", "private.leads_rescue") == batch
 
     def settled():
         return conn.execute("select count(*) as n from public.leads where id::text = any(%s) and processing_status = 'CRM_SYNCED'",
@@ -262,7 +262,7 @@ def test_killed_sender_never_sends_a_message_twice(db_url, conn, probe):
         wait_for(lambda: _sent_bodies(fake)["HOLD: yanıtı geç gelen mesaj"] == 1, what="the held message to land")
         assert _sent_bodies(fake) == collections.Counter(ids.keys())
 
-        expire_and_rescue(conn, "public.outbound_messages", "private.rescue_outbound")
+        expire_and_rescue(conn, "public.outbound_messages", "private.outbound_rescue")
         run_worker(db_url, ["inbox_outbound"], lambda w: w.claims >= 3 and all(
             r["status"] not in ("queued", "sending") for r in _outbound(conn, ids.values()).values()),
             what="the outbound queue to settle")
@@ -324,7 +324,7 @@ def test_failed_settlement_goes_to_reconcile_and_is_never_resent(db_url, conn):
         assert all(rows[i]["status"] == "sent" for i in ids.values() if i != faulty)
 
         # However long it waits: its lease runs out, the rescuer runs, a worker runs: not sent again.
-        expire_and_rescue(conn, "public.outbound_messages", "private.rescue_outbound")
+        expire_and_rescue(conn, "public.outbound_messages", "private.outbound_rescue")
         run_worker(db_url, ["inbox_outbound"], lambda w: w.claims >= 3)
         assert _outbound(conn, [faulty])[faulty]["status"] == "reconcile"
         assert _sent_bodies(fake) == collections.Counter(ids.keys())
@@ -374,7 +374,7 @@ def test_provider_refusal_is_retried_but_an_unanswered_call_is_not(db_url, conn)
         ids = _queue(conn, ["Belirsiz"])
         run_worker(db_url, ["inbox_outbound"], lambda w: len(received) >= 1 and w.claims >= 3,
                    what="the unclear send")
-        expire_and_rescue(conn, "public.outbound_messages", "private.rescue_outbound")
+        expire_and_rescue(conn, "public.outbound_messages", "private.outbound_rescue")
         run_worker(db_url, ["inbox_outbound"], lambda w: w.claims >= 3)
         assert len(received) == 1
         row = _outbound(conn, ids.values())[ids["Belirsiz"]]
@@ -406,7 +406,7 @@ def test_killed_job_worker_sends_each_rep_notice_once(db_url, conn, probe):
                               key)).fetchone()["id"] for key in keys]
 
         kill_mid_batch(db_url, "jobs", "crm.notify_rep", lambda: probe() >= n)
-        assert expire_and_rescue(conn, "private.jobs", "private.rescue_jobs") == n
+        assert expire_and_rescue(conn, "private.jobs", "private.jobs_rescue") == n
         run_worker(db_url, ["jobs", "inbox_outbound"], lambda w: len(fake.sent) >= n and conn.execute(
             "select count(*) as n from private.jobs where id = any(%s) and status = 'succeeded'", (jobs,)).fetchone()["n"] == n,
             what="the notices to be queued and sent")
@@ -433,7 +433,7 @@ def test_killed_inbound_worker_stores_each_message_once(client, db_url, conn, pr
                             (events,)).fetchone()["n"] >= len(events)
 
     kill_mid_batch(db_url, "inbox_inbound", "inbound", processed_by_the_doomed_worker)
-    assert expire_and_rescue(conn, "private.inbound_events", "private.rescue_inbound_events") >= len(events)
+    assert expire_and_rescue(conn, "private.inbound_events", "private.inbound_rescue") >= len(events)
     run_worker(db_url, ["inbox_inbound"], lambda w: conn.execute(
         "select count(*) as n from private.inbound_events where id::text = any(%s) and status = 'processed'",
         (events,)).fetchone()["n"] == len(events), what="the events to be processed")

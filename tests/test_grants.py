@@ -47,7 +47,7 @@ def test_authenticated_executes_only_the_listed_functions(conn):
     # service code keeps everything it calls
     service = executable(conn, "service_role")
     for sig in ("private.ingest_lead(tenant uuid, source text, payload jsonb)", "private.channel_for_worker(channel uuid)",
-                "private.claim_jobs(worker text, n integer, lease_seconds integer, kinds text[])"):
+                "private.jobs_claim(worker text, n integer, lease_seconds integer)"):
         assert sig in service and sig not in got
 
 

@@ -474,7 +474,7 @@ def test_claim_spaces_sends_by_number_and_tenant_kind_limits(conn):
         for i in range(3):
             cur.execute("select public.send_message(%s, %s)", (conv, f"m{i}"))
     with as_service(conn) as cur:
-        rows = cur.execute("select send_after from private.claim_outbound('w', 10, 60)").fetchall()
+        rows = cur.execute("select send_after from private.outbound_claim('w', 10, 60)").fetchall()
     gaps = [(b["send_after"] - a["send_after"]).total_seconds() for a, b in zip(rows, rows[1:])]
     assert len(rows) == 3 and all(abs(g - 0.25) < 0.02 for g in gaps), gaps   # the stricter (tenant) limit wins
 

@@ -79,11 +79,11 @@ async def test_two_workers_never_process_the_same_lead(db_url, conn):
 async def test_killed_worker_leads_are_taken_back(db_url, conn):
     add_leads(conn, 20)
     conn.execute("set role service_role")
-    claimed = conn.execute("select * from private.claim_leads('dead-worker', 10, 1)").fetchall()
+    claimed = conn.execute("select * from private.leads_claim('dead-worker', 10, 1)").fetchall()
     conn.execute("reset role")
     assert len(claimed) == 10
     time.sleep(1.2)
-    assert conn.execute("select private.rescue_leads() as n").fetchone()["n"] == 10
+    assert conn.execute("select private.leads_rescue() as n").fetchone()["n"] == 10
     timed_out = conn.execute("select * from leads where processing_status = 'TIMEOUT_DETECTED'").fetchall()
     assert len(timed_out) == 10 and {l["resume_status"] for l in timed_out} == {"RAW"}
     assert {l["next_orchestrator_module"] for l in timed_out} == {"recover"}
@@ -97,7 +97,7 @@ async def test_killed_worker_leads_are_taken_back(db_url, conn):
     assert ("recover", "recover", "RAW") in [(l["module"], l["action"], l["to_status"]) for l in log]
     # the dead worker can no longer complete what it held
     conn.execute("set role service_role")
-    assert conn.execute("select private.complete_leads('dead-worker', %s, null) as n", (ids,)).fetchone()["n"] == 0
+    assert conn.execute("select private.leads_complete('dead-worker', %s, null) as n", (ids,)).fetchone()["n"] == 0
     conn.execute("reset role")
 
 
@@ -145,7 +145,7 @@ def test_worker_claims_by_priority(conn):
         conn.execute("select private.ingest_lead(%s, %s, %s)", (DEMO, source, psycopg.types.json.Jsonb(
             {"company_name": name, "email": f"a@{name.lower()}.com"})))
     conn.execute("set role service_role")
-    order = [conn.execute("select lead ->> 'company_name' as c from private.claim_leads('w', 1, 60)").fetchone()["c"]
+    order = [conn.execute("select lead ->> 'company_name' as c from private.leads_claim('w', 1, 60)").fetchone()["c"]
              for _ in range(3)]
     conn.execute("reset role")
     assert order == ["DM", "Form", "Liste"]
@@ -154,11 +154,11 @@ def test_worker_claims_by_priority(conn):
 def test_refused_move_goes_to_review_without_failing_the_batch(conn):
     add_leads(conn, 2)
     conn.execute("set role service_role")
-    claimed = conn.execute("select id from private.claim_leads('w', 100, 60)").fetchall()
+    claimed = conn.execute("select id from private.leads_claim('w', 100, 60)").fetchall()
     ids = [c["id"] for c in claimed]
     good = {"status": "NORMALIZED", "action": "normalize"}
     bad = {"status": "COMPLETED", "action": "normalize"}  # RAW -> COMPLETED is not a transition
-    n = conn.execute("select private.complete_leads('w', %s, %s::jsonb[]) as n",
+    n = conn.execute("select private.leads_complete('w', %s, %s::jsonb[]) as n",
                      (ids, [psycopg.types.json.Jsonb(bad)] + [psycopg.types.json.Jsonb(good)] * (len(ids) - 1))).fetchone()["n"]
     conn.execute("reset role")
     assert n == len(ids)

@@ -59,7 +59,7 @@ async def test_killed_workers_job_is_taken_back_after_its_lease(db_url, conn):
 
     enqueue(conn, "probe.lease", 1)
     # A worker claims with a 1 s lease and dies before finishing (nothing completes the job).
-    conn.execute("select * from private.claim_jobs('dead-worker', 10, 1)")
+    conn.execute("select * from private.jobs_claim('dead-worker', 10, 1)")
     assert conn.execute("select status from private.jobs").fetchone()["status"] == "running"
     pool = await open_pool(db_url)
     w = Worker(db_url, worker_id="rescuer", pool=pool)
@@ -70,7 +70,7 @@ async def test_killed_workers_job_is_taken_back_after_its_lease(db_url, conn):
     job = conn.execute("select status, attempts, last_error from private.jobs").fetchone()
     assert job["status"] == "queued" and "lease expired" in job["last_error"] and job["attempts"] == 1
     # The dead worker's late completion is ignored; a live worker finishes it.
-    assert conn.execute("select private.complete_jobs('dead-worker', array[1]::bigint[])").fetchone()["complete_jobs"] == 0
+    assert conn.execute("select private.jobs_complete('dead-worker', array[1]::bigint[])").fetchone()["jobs_complete"] == 0
     await pool.close()
     await run_workers(db_url, 1, lambda: count(db_url, "select count(*) = 1 from private.jobs where status = 'succeeded'"))
     assert ran == ["w0"]
@@ -96,15 +96,15 @@ async def test_failures_retry_with_backoff_then_fail_visibly(db_url, conn):
 
 async def test_backoff_schedules_the_retry_later(conn):
     conn.execute("select private.enqueue_job('probe.x')")
-    conn.execute("select * from private.claim_jobs('w', 1, 30)")
-    conn.execute("select private.fail_job('w', 1, 'boom', true)")
-    conn.execute("select * from private.claim_jobs('w', 1, 30)")
+    conn.execute("select * from private.jobs_claim('w', 1, 30)")
+    conn.execute("select private.jobs_fail('w', 1, 'boom', true)")
+    conn.execute("select * from private.jobs_claim('w', 1, 30)")
     conn.execute("update private.jobs set run_at = now()")
-    conn.execute("select * from private.claim_jobs('w', 1, 30)")
-    conn.execute("select private.fail_job('w', 1, 'boom', true)")
+    conn.execute("select * from private.jobs_claim('w', 1, 30)")
+    conn.execute("select private.jobs_fail('w', 1, 'boom', true)")
     delay = conn.execute("select extract(epoch from run_at - now()) as s from private.jobs").fetchone()["s"]
     assert 1.5 < float(delay) <= 2.1  # second failure: 2 s
-    assert conn.execute("select count(*) as n from private.claim_jobs('w', 1, 30)").fetchone()["n"] == 0
+    assert conn.execute("select count(*) as n from private.jobs_claim('w', 1, 30)").fetchone()["n"] == 0
 
 
 async def test_enqueue_is_idempotent(conn):

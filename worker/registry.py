@@ -1,14 +1,18 @@
 """Queues and handlers.
 
-A Queue is a table the worker claims from, described by the names of its SQL functions, all with
-the same signatures as the generic job queue's (functions/worker.sql):
+A Queue is a table the worker claims from, described by the names of its six SQL functions. They
+are written by one generator, private.install_queue (functions/worker.sql), so every queue has the
+same verbs, signatures and semantics:
 
-    claim(worker text, n int, lease_seconds int)      -> rows with at least id (and kind)
+    claim(worker text, n int, lease_seconds int)      -> rows with at least id and the dispatch column
     complete(worker text, ids bigint[]|uuid[], results jsonb[])
     fail(worker text, id, error text, retryable boolean)
     release(worker text, ids)                        -- hand back without counting the attempt
-    defer(worker text, id, seconds int)              -- wait (breaker open) without failing
+    snooze(worker text, id, seconds int)             -- wait (breaker open) without failing
     rescue()                                          -- take back expired leases
+
+installed(name, sql_name) names them as install_queue does (private.<sql_name>_<verb>).
+tests/test_queue_conformance.py runs the protocol against every registered queue.
 
 Areas register their queues and handlers at import time (worker/<area>/__init__.py).
 """
@@ -30,7 +34,7 @@ class Queue:
     complete: str
     fail: str
     release: str
-    defer: str
+    snooze: str
     rescue: str
     # Which handler runs a claimed row: the value of this column names it.
     dispatch_column: str = "kind"
@@ -50,16 +54,20 @@ QUEUES: dict[str, Queue] = {}
 SCHEDULES: list[tuple[str, dict, Callable[["Context"], Awaitable[Any]]]] = []
 
 
+VERBS = ("claim", "complete", "fail", "release", "snooze", "rescue")
+
+
 def queue(q: Queue) -> Queue:
     QUEUES.setdefault(q.name, q)
     return QUEUES[q.name]
 
 
-JOBS = queue(Queue(
-    name="jobs",
-    claim="private.claim_jobs", complete="private.complete_jobs", fail="private.fail_job",
-    release="private.release_jobs", defer="private.defer_job", rescue="private.rescue_jobs",
-))
+def installed(name: str, sql_name: str, **kwargs) -> Queue:
+    """A Queue whose functions `select private.install_queue('<sql_name>', ...)` wrote."""
+    return Queue(name=name, **{verb: f"private.{sql_name}_{verb}" for verb in VERBS}, **kwargs)
+
+
+JOBS = queue(installed("jobs", "jobs"))
 
 
 def job(kind: str):

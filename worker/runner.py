@@ -294,7 +294,7 @@ class Worker:
             except asyncio.CancelledError:
                 raise
             except BreakerOpen as exc:
-                await self._call(q.defer, row["id"], max(int(exc.wait_seconds), 1))
+                await self._call(q.snooze, row["id"], max(int(exc.wait_seconds), 1))
             except JobError as exc:
                 self.failed += 1
                 await self._call(q.fail, row["id"], str(exc), exc.retryable)

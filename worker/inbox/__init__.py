@@ -5,17 +5,11 @@ meta.py (Conversions API events, template submissions). The two queues are decla
 
 from __future__ import annotations
 
-from ..registry import Queue, queue
+from ..registry import installed, queue
 
-INBOUND = queue(Queue(
-    name="inbox_inbound", claim="private.claim_inbound_events", complete="private.complete_inbound_events",
-    fail="private.fail_inbound_event", release="private.release_inbound_events",
-    defer="private.defer_inbound_event", rescue="private.rescue_inbound_events",
-    dispatch_column="kind", id_type="bigint"))
-OUTBOUND = queue(Queue(
-    name="inbox_outbound", claim="private.claim_outbound", complete="private.complete_outbound",
-    fail="private.fail_outbound", release="private.release_outbound", defer="private.defer_outbound",
-    rescue="private.rescue_outbound", dispatch_column="kind", id_type="uuid"))
+# private.inbound_* and private.outbound_* (install_queue in functions/inbox.sql)
+INBOUND = queue(installed("inbox_inbound", "inbound", dispatch_column="kind", id_type="bigint"))
+OUTBOUND = queue(installed("inbox_outbound", "outbound", dispatch_column="kind", id_type="uuid"))
 # Both wake on NOTIFY luna_inbox (inserts into inbound_events / outbound_messages).
 INBOUND.channel = "luna_inbox"
 OUTBOUND.channel = "luna_inbox"

@@ -7,14 +7,10 @@ next_orchestrator_module) and its module handlers. Other areas add handlers for 
     async def crm_sync(ctx, row): ...
 """
 
-from worker.registry import Queue, queue
+from worker.registry import installed, queue
 
-LEADS = queue(Queue(
-    name="leads",
-    claim="private.claim_leads", complete="private.complete_leads", fail="private.fail_lead",
-    release="private.release_leads", defer="private.defer_lead", rescue="private.rescue_leads",
-    dispatch_column="next_orchestrator_module", id_type="uuid",
-))
+# private.leads_claim ... private.leads_rescue (install_queue in functions/leads.sql)
+LEADS = queue(installed("leads", "leads", dispatch_column="next_orchestrator_module", id_type="uuid"))
 
 from . import handlers, jobs  # noqa: E402,F401  (registers the module handlers, jobs and schedules)
 

@@ -1,6 +1,6 @@
 """Module handlers of the lead pipeline. Each takes a claimed lead (row["lead"], with the tenant's
 config in row["config"]) and returns the step's result; the runner completes the whole batch in one
-call (private.complete_leads), which applies the status move, the column values, the log rows and the
+call (private.leads_complete), which applies the status move, the column values, the log rows and the
 metrics set-based. A handler never writes to the database itself.
 
     normalize  RAW -> NORMALIZED             (Python normaliser: E.164, e-mail, public-suffix domain)
