@@ -110,6 +110,89 @@ $$;
 revoke execute on function private.match_or_create_customer(uuid, text, text, text, jsonb) from public;
 grant execute on function private.match_or_create_customer(uuid, text, text, text, jsonb) to service_role;
 
+-- Normalise contact data, keep responsibles to colleagues, make the creating agent responsible.
+-- Trigger crm_customer_before on public.customers; first in migrations/20261124020000_crm.sql.
+create or replace function private.crm_customer_before() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  region text;
+  normalised text;
+begin
+  if new.phone is not null and new.phone !~ '^\+[1-9][0-9]{6,14}$' then
+    select t.default_region into region from public.tenants t where t.id = new.tenant_id;
+    normalised := private.crm_phone(new.phone, coalesce(new.custom_fields ->> 'phone_region', region, 'TR'));
+    if normalised is null then
+      raise exception 'phone % is not a valid number', new.phone
+        using errcode = 'PT422', detail = 'code=invalid_phone';
+    end if;
+    new.phone := normalised;
+  end if;
+  if new.email is not null then
+    new.email := private.crm_email(new.email);
+    if new.email is null then
+      raise exception 'e-mail is not valid' using errcode = 'PT422', detail = 'code=invalid_email';
+    end if;
+  end if;
+  new.full_name := trim(new.full_name);
+  new.tags := array(select distinct lower(trim(t)) from unnest(new.tags) t where trim(t) <> '' order by 1);
+  new.responsibles := array(select distinct r from unnest(new.responsibles) r where r is not null order by 1);
+  if tg_op = 'INSERT' then
+    new.created_by := coalesce(new.created_by, (select auth.uid()));
+    -- an agent's new customer is theirs (else the assignee restriction would hide it from them)
+    if cardinality(new.responsibles) = 0 and (select private.tenant_role()) = 'agent' then
+      new.responsibles := array[(select auth.uid())];
+    end if;
+  end if;
+  if (tg_op = 'INSERT' or new.responsibles is distinct from old.responsibles)
+     and not private.crm_members_ok(new.tenant_id, new.responsibles) then
+    raise exception 'responsibles must be members of the tenant' using errcode = 'PT422', detail = 'code=invalid_responsible';
+  end if;
+  return new;
+end;
+$$;
+
+-- Customers: responsibles flow to cards; changes reach the customer's topic; timeline of the important ones.
+-- Trigger crm_customer_after on public.customers; first in migrations/20261124020000_crm.sql.
+create or replace function private.crm_customer_after() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if tg_op = 'INSERT' then
+    perform private.crm_timeline(new.tenant_id, new.id, 'customer_created',
+      jsonb_build_object('source', new.source, 'campaign', new.campaign));
+    if cardinality(new.tags) > 0 then
+      insert into public.tags (tenant_id, name) select new.tenant_id, unnest(new.tags) on conflict do nothing;
+    end if;
+    return null;
+  end if;
+  if new.responsibles is distinct from old.responsibles then
+    update public.cards set responsibles = new.responsibles where customer_id = new.id;
+    update public.work_orders set responsibles = new.responsibles
+    where customer_id = new.id and responsibles = old.responsibles;
+    perform private.crm_timeline(new.tenant_id, new.id, 'responsibles_changed',
+      jsonb_build_object('from', old.responsibles, 'to', new.responsibles));
+    insert into public.notifications (tenant_id, user_id, kind, title, customer_id, data)
+    select new.tenant_id, r, 'customer_assigned', new.full_name, new.id, jsonb_build_object('customer_id', new.id)
+    from unnest(new.responsibles) r
+    where not r = any(old.responsibles) and r is distinct from (select auth.uid());
+  end if;
+  if new.tags is distinct from old.tags then
+    insert into public.tags (tenant_id, name) select new.tenant_id, unnest(new.tags) on conflict do nothing;
+    perform private.crm_timeline(new.tenant_id, new.id, 'tags_changed', jsonb_build_object('from', old.tags, 'to', new.tags));
+  end if;
+  if (to_jsonb(new) - 'updated_at') <> (to_jsonb(old) - 'updated_at') then
+    perform private.broadcast('tenant:' || new.tenant_id || ':customer:' || new.id, 'customer_updated',
+      jsonb_build_object('customer', to_jsonb(new) - 'custom_fields', 'by', (select auth.uid())));
+  end if;
+  return null;
+end;
+$$;
+
 /*
  * Merge `duplicate` into `survivor`: every row of every table pointing at the duplicate (cards,
  * activities, notes, reminders, timeline events, inventory, work orders, and other areas' tables such
@@ -193,7 +276,6 @@ grant execute on function public.merge_customers(uuid, uuid) to authenticated, s
 -- The board
 -- ---------------------------------------------------------------------------------------------
 
-drop function if exists public.crm_board(uuid, jsonb, int);
 /*
  * The kanban for one pipeline: its stages in order, each with its card count and cards (customer
  * name/phone, value, responsibles, source, quality, tags, last contact and overdue flag, next reminder,
@@ -389,6 +471,202 @@ $$;
 revoke execute on function public.move_card(uuid, uuid, jsonb, double precision) from public, anon;
 grant execute on function public.move_card(uuid, uuid, jsonb, double precision) to authenticated, service_role;
 
+-- Cards: take the customer's responsibles; check every stage move (whoever writes it).
+-- The stage-move rule. Trigger crm_card_before on public.cards; first in migrations/20261124020000_crm.sql.
+create or replace function private.crm_card_before() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  stage public.pipeline_stages;
+  t record;
+  field text;
+  role public.member_role := (select private.tenant_role());
+begin
+  -- responsibles are the customer's (change them there): always copied from it
+  if tg_op = 'INSERT' or new.customer_id is distinct from old.customer_id or new.responsibles is distinct from old.responsibles then
+    select c.responsibles into new.responsibles from public.customers c
+    where c.tenant_id = new.tenant_id and c.id = new.customer_id;
+  end if;
+  if tg_op = 'INSERT' then
+    new.created_by := coalesce(new.created_by, (select auth.uid()));
+  end if;
+  if tg_op = 'UPDATE' and new.stage_id is not distinct from old.stage_id then
+    return new;
+  end if;
+  select * into stage from public.pipeline_stages s where s.id = new.stage_id and s.pipeline_id = new.pipeline_id;
+  if not found then
+    raise exception 'the stage is not in this pipeline' using errcode = 'PT422', detail = 'code=stage_not_in_pipeline';
+  end if;
+  if tg_op = 'UPDATE' then
+    if new.pipeline_id <> old.pipeline_id then
+      raise exception 'a card stays in its pipeline' using errcode = 'PT422', detail = 'code=pipeline_change';
+    end if;
+    select tr.roles into t from public.stage_transitions tr
+    where tr.from_stage_id = old.stage_id and tr.to_stage_id = new.stage_id;
+    if not found then
+      raise exception 'moving from "%" to "%" is not allowed',
+        (select s.name from public.pipeline_stages s where s.id = old.stage_id), stage.name
+        using errcode = 'PT422', detail = 'code=move_not_allowed';
+    end if;
+    if t.roles is not null and (role is null or not role = any(t.roles)) then
+      raise exception 'your role may not move cards to "%"', stage.name
+        using errcode = 'PT403', detail = 'code=move_role_forbidden';
+    end if;
+  end if;
+  foreach field in array stage.required_fields loop
+    if to_jsonb(new) ->> field is null then
+      raise exception '% needs %', stage.name, replace(field, '_', ' ')
+        using errcode = 'PT422',
+              detail = 'code=' || case field when 'deposit_amount' then 'deposit_required' else field || '_required' end;
+    end if;
+  end loop;
+  new.stage_entered_at := now();
+  new.status := case stage.kind when 'won' then 'won' when 'lost' then 'lost' else 'open' end;
+  new.closed_at := case when stage.kind in ('won', 'lost') then now() end;
+  return new;
+end;
+$$;
+
+-- After a card is created or moved: inventory, timeline, notifications, realtime, integration hook.
+-- Trigger crm_card_after on public.cards; first in migrations/20261124020000_crm.sql.
+create or replace function private.crm_card_after() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  stage public.pipeline_stages;
+  from_stage public.pipeline_stages;
+  cust public.customers;
+  actor uuid := (select auth.uid());
+  recipients uuid[];
+  payload jsonb;
+begin
+  if tg_op = 'UPDATE' and new.stage_id is not distinct from old.stage_id
+     and new.inventory_item_id is not distinct from old.inventory_item_id then
+    if new.responsibles is distinct from old.responsibles or new.value is distinct from old.value
+       or new.title is distinct from old.title or new.position is distinct from old.position then
+      perform private.broadcast('tenant:' || new.tenant_id || ':board:' || new.pipeline_id, 'card_updated',
+        jsonb_build_object('card_id', new.id, 'customer_id', new.customer_id, 'stage_id', new.stage_id,
+                           'position', new.position, 'value', new.value, 'title', new.title,
+                           'responsibles', new.responsibles));
+    end if;
+    return null;
+  end if;
+  select * into stage from public.pipeline_stages where id = new.stage_id;
+  -- linking an item to an open card reserves it
+  if new.inventory_item_id is not null and (tg_op = 'INSERT' or new.inventory_item_id is distinct from old.inventory_item_id) then
+    perform private.crm_inventory_apply(new.inventory_item_id, coalesce(stage.inventory_action, 'reserve'), new);
+  elsif stage.inventory_action is not null and new.inventory_item_id is not null then
+    perform private.crm_inventory_apply(new.inventory_item_id, stage.inventory_action, new);
+  end if;
+  if tg_op = 'UPDATE' and new.stage_id is not distinct from old.stage_id then
+    return null;
+  end if;
+  select * into cust from public.customers where id = new.customer_id;
+  if tg_op = 'INSERT' then
+    perform private.crm_timeline(new.tenant_id, new.customer_id, 'card_created',
+      jsonb_build_object('pipeline_id', new.pipeline_id, 'stage_id', new.stage_id, 'stage', stage.name), new.id);
+    payload := jsonb_build_object('card_id', new.id, 'customer_id', new.customer_id, 'pipeline_id', new.pipeline_id,
+      'stage_id', new.stage_id, 'stage', stage.name, 'customer_name', cust.full_name, 'phone', cust.phone,
+      'responsibles', new.responsibles, 'source', cust.source, 'by', actor);
+    perform private.broadcast('tenant:' || new.tenant_id || ':board:' || new.pipeline_id, 'card_created', payload);
+    perform private.broadcast('tenant:' || new.tenant_id || ':customer:' || new.customer_id, 'card_created', payload);
+    return null;
+  end if;
+  select * into from_stage from public.pipeline_stages where id = old.stage_id;
+  perform private.crm_timeline(new.tenant_id, new.customer_id, 'stage_changed',
+    jsonb_build_object('from_stage_id', old.stage_id, 'from_stage', from_stage.name,
+                       'to_stage_id', new.stage_id, 'to_stage', stage.name,
+                       'seconds_in_stage', extract(epoch from now() - old.stage_entered_at)::int,
+                       'deposit_amount', new.deposit_amount, 'lost_reason', new.lost_reason), new.id);
+  payload := jsonb_build_object('card_id', new.id, 'customer_id', new.customer_id, 'pipeline_id', new.pipeline_id,
+    'from_stage_id', old.stage_id, 'to_stage_id', new.stage_id, 'stage', stage.name, 'status', new.status,
+    'position', new.position, 'customer_name', cust.full_name, 'phone', cust.phone,
+    'responsibles', new.responsibles, 'source', cust.source, 'deposit_amount', new.deposit_amount,
+    'by', actor, 'at', now());
+  perform private.broadcast('tenant:' || new.tenant_id || ':board:' || new.pipeline_id, 'card_moved', payload);
+  perform private.broadcast('tenant:' || new.tenant_id || ':customer:' || new.customer_id, 'card_moved', payload);
+  recipients := array(select r from unnest(new.responsibles) r where r is distinct from actor);
+  if cardinality(recipients) > 0 then
+    insert into public.notifications (tenant_id, user_id, kind, title, body, data, customer_id)
+    select new.tenant_id, r, 'card_moved', cust.full_name || ': ' || stage.name,
+           format('%s → %s', from_stage.name, stage.name), payload, new.customer_id
+    from unnest(recipients) r;
+  end if;
+  -- integration hook: the worker picks it up (Zoho sync, webhooks ...)
+  insert into private.jobs (tenant_id, kind, payload)
+  values (new.tenant_id, 'crm.card_moved', jsonb_build_object('card_id', new.id, 'customer_id', new.customer_id,
+          'from_stage_id', old.stage_id, 'to_stage_id', new.stage_id, 'stage', stage.name, 'stage_kind', stage.kind));
+  return null;
+end;
+$$;
+
+-- Inventory follows the card's stage (same transaction: a refused item change refuses the move).
+create or replace function private.crm_inventory_apply(item_id uuid, action text, card public.cards) returns void
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  item public.inventory_items;
+begin
+  select * into item from public.inventory_items i where i.id = item_id and i.tenant_id = card.tenant_id for update;
+  if not found then
+    return;
+  end if;
+  if item.status = 'sold' then
+    raise exception 'inventory item % is already sold', item.code using errcode = 'PT409', detail = 'code=already_sold';
+  end if;
+  if item.customer_id is not null and item.customer_id <> card.customer_id and action <> 'release' then
+    raise exception 'inventory item % is held for another customer', item.code
+      using errcode = 'PT409', detail = 'code=item_held';
+  end if;
+  if action = 'release' then
+    if item.card_id is distinct from card.id then return; end if;
+    update public.inventory_items set status = 'available', customer_id = null, card_id = null, status_changed_at = now()
+    where id = item.id;
+  elsif action = 'sell' then
+    insert into public.inventory_sales (tenant_id, item_id, customer_id, card_id, price, sold_by)
+    values (card.tenant_id, item.id, card.customer_id, card.id, coalesce(card.value, item.price), (select auth.uid()));
+    update public.inventory_items set status = 'sold', customer_id = card.customer_id, card_id = card.id,
+      status_changed_at = now() where id = item.id;
+  else
+    update public.inventory_items
+    set status = (case action when 'reserve' then 'reserved' else 'deposit' end)::public.inventory_status,
+        customer_id = card.customer_id, card_id = card.id, status_changed_at = now()
+    where id = item.id;
+  end if;
+end;
+$$;
+revoke execute on function private.crm_inventory_apply(uuid, text, public.cards) from public, authenticated;
+
+-- Status rules of an item, whoever writes it: sold is final.
+-- Trigger crm_inventory_before on public.inventory_items; first in migrations/20261124020000_crm.sql.
+create or replace function private.crm_inventory_before() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if old.status = 'sold' and (new.status <> 'sold' or (new.customer_id is distinct from old.customer_id
+                                                        and current_setting('luna.crm_merge', true) is distinct from 'on')) then
+    raise exception 'inventory item % is already sold', old.code using errcode = 'PT409', detail = 'code=already_sold';
+  end if;
+  if new.status = 'sold' and old.status <> 'sold'
+     and not exists (select 1 from public.inventory_sales s where s.item_id = new.id) then
+    -- a direct status change still records the sale (and so can happen only once)
+    insert into public.inventory_sales (tenant_id, item_id, customer_id, card_id, price, sold_by)
+    values (new.tenant_id, new.id, new.customer_id, new.card_id, new.price, (select auth.uid()));
+  end if;
+  if new.status is distinct from old.status then
+    new.status_changed_at := now();
+  end if;
+  return new;
+end;
+$$;
+
 -- Bulk move: each card on its own (a refused card does not stop the others); admins and supervisors.
 create or replace function public.bulk_move_cards(cards uuid[], to_stage uuid, fields jsonb default '{}')
 returns jsonb
@@ -468,22 +746,16 @@ grant execute on function public.bulk_move_cards(uuid[], uuid, jsonb), public.bu
 -- ---------------------------------------------------------------------------------------------
 
 /*
- * Message history by channel. The inbox provides private.inbox_customer_messages(customer uuid,
- * per_channel int) returning {"<channel>": [{"id", "direction", "body", "at", "status", ...}], ...};
- * until it exists the viewer shows {}.
+ * Message history by channel: the inbox's private.inbox_customer_messages(customer, per_channel)
+ * (functions/inbox/customer_messages.sql), {"<channel>": [{"id", "direction", "body", "at", "status", ...}], ...}.
+ * PL/pgSQL, so it may stand before the inbox's files in the runner's order.
  */
 create or replace function private.crm_customer_messages(customer uuid, per_channel int default 50) returns jsonb
 language plpgsql stable
 set search_path = ''
 as $$
-declare
-  result jsonb;
 begin
-  if to_regprocedure('private.inbox_customer_messages(uuid, integer)') is null then
-    return '{}'::jsonb;
-  end if;
-  execute 'select private.inbox_customer_messages($1, $2)' into result using customer, per_channel;
-  return coalesce(result, '{}'::jsonb);
+  return coalesce(private.inbox_customer_messages(customer, per_channel), '{}'::jsonb);
 end;
 $$;
 grant execute on function private.crm_customer_messages(uuid, int) to authenticated, service_role;
@@ -612,11 +884,7 @@ begin
       if channel is null then
         raise exception 'messages are paged per channel' using errcode = 'PT422', detail = 'code=channel_required';
       end if;
-      if to_regprocedure('public.customer_messages(uuid, text, jsonb, integer)') is null then
-        rows := '[]'::jsonb;
-      else
-        execute 'select public.customer_messages($1, $2, $3, $4)' into rows using customer, channel, k, n + 1;
-      end if;
+      rows := public.customer_messages(customer, channel, k, n + 1);
     else
       raise exception 'unknown list %', list using errcode = 'PT422', detail = 'code=unknown_list';
     end case;
@@ -744,6 +1012,26 @@ end;
 $$;
 grant execute on function private.crm_notify(uuid, jsonb, text, text, text, jsonb, uuid, text) to service_role;
 
+-- Notifications reach the user's private topic at once (insert) and their other screens on read.
+-- Trigger crm_notification_broadcast on public.notifications; first in migrations/20261124020000_crm.sql.
+create or replace function private.crm_notification_broadcast() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if tg_op = 'INSERT' then
+    perform private.broadcast('user:' || new.user_id, 'notification',
+      jsonb_build_object('id', new.id, 'kind', new.kind, 'title', new.title, 'body', new.body, 'data', new.data,
+                         'customer_id', new.customer_id, 'created_at', new.created_at, 'read_at', new.read_at));
+  elsif new.read_at is distinct from old.read_at then
+    perform private.broadcast('user:' || new.user_id, 'notification_read',
+      jsonb_build_object('id', new.id, 'read_at', new.read_at));
+  end if;
+  return null;
+end;
+$$;
+
 create or replace function public.send_notification(target jsonb, title text, body text default null,
                                                     customer uuid default null, data jsonb default '{}')
 returns int
@@ -811,6 +1099,43 @@ end;
 $$;
 grant execute on function private.crm_fire_due_reminders(int) to service_role;
 
+-- Reminders: set and done go to the timeline; the owner is a member; a new due time reminds again.
+-- Triggers crm_reminder_before / crm_reminder_after on public.reminders; first in migrations/20261124020000_crm.sql.
+create or replace function private.crm_reminder_before() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if tg_op = 'INSERT' then
+    new.created_by := coalesce(new.created_by, (select auth.uid()));
+  end if;
+  if not private.crm_members_ok(new.tenant_id, array[new.owner_id]) then
+    raise exception 'the reminder owner must be a member of the tenant' using errcode = 'PT422', detail = 'code=invalid_owner';
+  end if;
+  if tg_op = 'UPDATE' and new.due_at is distinct from old.due_at then
+    new.notified_at := null;  -- rescheduled: remind again
+  end if;
+  return new;
+end;
+$$;
+
+create or replace function private.crm_reminder_after() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if new.customer_id is not null and (tg_op = 'INSERT' or (new.done_at is not null and old.done_at is null)) then
+    perform private.crm_timeline(new.tenant_id, new.customer_id,
+      case when tg_op = 'INSERT' then 'reminder_set' else 'reminder_done' end,
+      jsonb_build_object('reminder_id', new.id, 'title', new.title, 'due_at', new.due_at, 'owner_id', new.owner_id),
+      new.card_id);
+  end if;
+  return null;
+end;
+$$;
+
 -- ---------------------------------------------------------------------------------------------
 -- Sales rep assignment (round robin or region / source / campaign rules, per tenant)
 -- ---------------------------------------------------------------------------------------------
@@ -852,6 +1177,167 @@ begin
 end;
 $$;
 grant execute on function private.crm_pick_rep(uuid, jsonb) to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Activities, notes, work orders and the timeline: the rules their triggers apply (the triggers:
+-- restated table by table in migrations/20261204030100_crm_chapters.sql;
+-- first defined in migrations/20261124020000_crm.sql)
+-- ---------------------------------------------------------------------------------------------
+
+-- Only a merge may re-point an event (to the surviving customer); nothing else changes history.
+create or replace function private.crm_timeline_guard() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if current_setting('luna.crm_merge', true) = 'on'
+     and (to_jsonb(new) - 'customer_id' - 'card_id' - 'updated_at') = (to_jsonb(old) - 'customer_id' - 'card_id' - 'updated_at') then
+    new.updated_at := now();
+    return new;
+  end if;
+  raise exception 'timeline events are append-only' using errcode = 'PT409', detail = 'code=timeline_append_only';
+end;
+$$;
+
+-- Activities: opened and completed write the timeline; an appointment updates the card.
+create or replace function private.crm_activity_before() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  closable boolean;
+begin
+  if tg_op = 'INSERT' then
+    new.created_by := coalesce(new.created_by, (select auth.uid()));
+    new.assigned_to := coalesce(new.assigned_to, (select auth.uid()));
+  end if;
+  if new.status <> 'open' and (tg_op = 'INSERT' or old.status = 'open') then
+    select t.closable into closable from public.activity_types t where t.id = new.type_id;
+    if not coalesce(closable, true) then
+      raise exception 'this activity type cannot be closed' using errcode = 'PT422', detail = 'code=not_closable';
+    end if;
+    new.closed_at := coalesce(new.closed_at, now());
+    new.closed_by := coalesce(new.closed_by, (select auth.uid()));
+  elsif new.status = 'open' then
+    new.closed_at := null;
+    new.closed_by := null;
+  end if;
+  return new;
+end;
+$$;
+
+-- Activities: the timeline entries of an opened / completed activity; an appointment sets its card's date.
+create or replace function private.crm_activity_after() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  t public.activity_types;
+begin
+  select * into t from public.activity_types where id = new.type_id;
+  if tg_op = 'INSERT' then
+    perform private.crm_timeline(new.tenant_id, new.customer_id, t.opened_event,
+      jsonb_build_object('activity_type', t.key, 'title', coalesce(new.title, t.name), 'scheduled_at', new.scheduled_at,
+                         'assigned_to', new.assigned_to), new.card_id, new.id);
+    if t.key in ('call', 'first_meeting') then
+      update public.customers set last_contact_at = now() where id = new.customer_id;
+    end if;
+  end if;
+  if new.status <> 'open' and (tg_op = 'INSERT' or old.status = 'open') then
+    perform private.crm_timeline(new.tenant_id, new.customer_id, 'activity_completed',
+      jsonb_build_object('activity_type', t.key, 'title', coalesce(new.title, t.name), 'status', new.status,
+                         'result', new.result), new.card_id, new.id);
+  end if;
+  if t.key = 'appointment' and new.card_id is not null and new.status = 'open' then
+    update public.cards set appointment_at = new.scheduled_at
+    where id = new.card_id and appointment_at is distinct from new.scheduled_at;
+  end if;
+  return null;
+end;
+$$;
+
+-- Notes: the author is the caller; a note goes to the timeline.
+create or replace function private.crm_note_before() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  new.author_id := coalesce(new.author_id, (select auth.uid()));
+  return new;
+end;
+$$;
+
+create or replace function private.crm_note_after() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform private.crm_timeline(new.tenant_id, new.customer_id, 'note_added',
+    jsonb_build_object('note_id', new.id, 'excerpt', left(new.body, 140)), new.card_id);
+  return null;
+end;
+$$;
+
+-- Work orders: status and progress derive from the steps; completing a step records who and when.
+create or replace function private.crm_step_before() returns trigger
+language plpgsql
+set search_path = ''
+as $$
+begin
+  if new.done_at is not null and (tg_op = 'INSERT' or old.done_at is null) then
+    new.done_by := coalesce(new.done_by, (select auth.uid()));
+    if new.done_by is null then
+      raise exception 'a completed step names who completed it' using errcode = 'PT422', detail = 'code=done_by_required';
+    end if;
+  elsif new.done_at is null then
+    new.done_by := null;
+  end if;
+  return new;
+end;
+$$;
+
+create or replace function private.crm_step_after() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  wo uuid := coalesce(new.work_order_id, old.work_order_id);
+  total int;
+  done int;
+begin
+  select count(*), count(s.done_at) into total, done from public.work_order_steps s where s.work_order_id = wo;
+  update public.work_orders w
+  set progress = case when total = 0 then 0 else round(100.0 * done / total, 2) end,
+      status = case when w.status = 'cancelled' then 'cancelled'
+                    when total > 0 and done = total then 'done'
+                    when done > 0 then 'in_progress' else 'open' end
+  where w.id = wo;
+  return null;
+end;
+$$;
+
+-- Work orders: start open at 0 %; responsibles are members of the tenant.
+create or replace function private.crm_work_order_before() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  if tg_op = 'INSERT' then
+    new.created_by := coalesce(new.created_by, (select auth.uid()));
+    new.progress := 0;
+    new.status := case when new.status = 'cancelled' then 'cancelled' else 'open' end;
+  end if;
+  if not private.crm_members_ok(new.tenant_id, new.responsibles) then
+    raise exception 'responsibles must be members of the tenant' using errcode = 'PT422', detail = 'code=invalid_responsible';
+  end if;
+  return new;
+end;
+$$;
 
 -- ---------------------------------------------------------------------------------------------
 -- User management (audited)
@@ -1353,3 +1839,78 @@ revoke execute on function private.crm_zoho_config(uuid), private.crm_external_r
   from public, authenticated;
 grant execute on function private.crm_zoho_config(uuid), private.crm_external_refs_get(text, uuid),
   private.crm_external_ref_set(uuid, text, text, uuid, text, text), private.crm_rep_notice(uuid, uuid, uuid) to service_role;
+
+-- ---------------------------------------------------------------------------------------------
+-- Every tenant gets the default CRM setup: on creation (trigger crm_init_tenant on public.tenants,
+-- migrations/20261124020000_crm.sql, which also set up the tenants existing then)
+-- ---------------------------------------------------------------------------------------------
+create or replace function private.crm_setup_tenant(tenant uuid) returns uuid
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  pipeline uuid;
+  names text[] := array['Potansiyel', 'Görüşülüyor', 'Randevu', 'Kapora', 'Satış Tamamlandı', 'Takip Edilecek', 'Kaybedildi'];
+  ids uuid[] := array[]::uuid[];
+  sid uuid;
+  i int;
+  j int;
+begin
+  insert into public.crm_settings (tenant_id) values (tenant) on conflict (tenant_id) do nothing;
+  insert into public.activity_types (tenant_id, key, name, opened_event, closable) values
+    (tenant, 'first_meeting', 'İlk Görüşme', 'meeting_planned', true),
+    (tenant, 'call', 'Arama', 'call_made', true),
+    (tenant, 'appointment', 'Randevu', 'appointment_set', true),
+    (tenant, 'deposit', 'Kapora', 'deposit_planned', true),
+    (tenant, 'sale', 'Satış', 'sale_started', true),
+    (tenant, 'no_show_followup', 'No-show Takip', 'no_show_followup_opened', true),
+    (tenant, 'reapplication', 'Tekrar Başvuru', 'reapplication_opened', true)
+  on conflict (tenant_id, key) do nothing;
+  select p.id into pipeline from public.pipelines p where p.tenant_id = tenant and p.is_default;
+  if pipeline is not null then
+    return pipeline;
+  end if;
+  insert into public.pipelines (tenant_id, name, is_default) values (tenant, 'Satış', true) returning id into pipeline;
+  for i in 1 .. array_length(names, 1) loop
+    insert into public.pipeline_stages (tenant_id, pipeline_id, name, position, kind, required_fields, inventory_action)
+    values (tenant, pipeline, names[i], i,
+            case names[i] when 'Satış Tamamlandı' then 'won' when 'Kaybedildi' then 'lost'
+                          when 'Takip Edilecek' then 'side' else 'open' end,
+            case names[i] when 'Kapora' then '{deposit_amount}'::text[] when 'Kaybedildi' then '{lost_reason}'::text[]
+                          else '{}'::text[] end,
+            case names[i] when 'Kapora' then 'deposit' when 'Satış Tamamlandı' then 'sell'
+                          when 'Kaybedildi' then 'release' end)
+    returning id into sid;
+    ids := ids || sid;
+  end loop;
+  -- the flow (1..5): forward to any later stage, back one; side exits from every open stage and
+  -- back from Takip Edilecek into the flow; Kaybedildi can be reopened to Potansiyel.
+  for i in 1 .. 4 loop
+    for j in i + 1 .. 5 loop
+      insert into public.stage_transitions (tenant_id, pipeline_id, from_stage_id, to_stage_id) values (tenant, pipeline, ids[i], ids[j]);
+    end loop;
+    if i > 1 then
+      insert into public.stage_transitions (tenant_id, pipeline_id, from_stage_id, to_stage_id) values (tenant, pipeline, ids[i], ids[i - 1]);
+    end if;
+    insert into public.stage_transitions (tenant_id, pipeline_id, from_stage_id, to_stage_id) values
+      (tenant, pipeline, ids[i], ids[6]), (tenant, pipeline, ids[i], ids[7]), (tenant, pipeline, ids[6], ids[i]);
+  end loop;
+  insert into public.stage_transitions (tenant_id, pipeline_id, from_stage_id, to_stage_id) values
+    (tenant, pipeline, ids[6], ids[7]), (tenant, pipeline, ids[7], ids[1]);
+  return pipeline;
+end;
+$$;
+grant execute on function private.crm_setup_tenant(uuid) to service_role;
+revoke execute on function private.crm_setup_tenant(uuid) from public, authenticated;
+
+create or replace function private.crm_init_tenant() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+begin
+  perform private.crm_setup_tenant(new.id);
+  return null;
+end;
+$$;

@@ -153,8 +153,7 @@ $$;
 -- ===========================================================================================
 
 -- Link a contact to a CRM customer by phone / e-mail (issue 5's customers), or create a lead for a
--- new contact through the lead pipeline (source = channel). Both areas are optional: without their
--- functions the contact simply stays unlinked. Called when a contact is created and again when it
+-- new contact through the lead pipeline (source = channel). Called when a contact is created and again when it
 -- gains a phone or e-mail it did not have (a WhatsApp user first seen by business-scoped id only):
 -- a contact with neither never matches anything by them (null never equals null), and its lead is
 -- keyed by the channel identity (external_id = channel:scoped id or handle).
@@ -180,19 +179,20 @@ begin
     where o.tenant_id = c.tenant_id and o.id <> c.id and o.customer_id is not null
       and ((c.phone is not null and o.phone = c.phone) or (c.email is not null and lower(o.email) = lower(c.email)))
     limit 1;
-    if found_customer is null and to_regclass('public.customers') is not null then
-      execute private.inbox_customer_lookup_sql() into found_customer using c.tenant_id, c.phone, lower(c.email);
+    if found_customer is null then
+      select cu.id into found_customer from public.customers cu
+      where cu.tenant_id = c.tenant_id
+        and ((c.phone is not null and cu.phone = c.phone) or (c.email is not null and lower(cu.email::text) = lower(c.email)))
+      order by (cu.phone = c.phone) desc nulls last
+      limit 1;
     end if;
   end if;
   if found_customer is not null then
     update public.contacts set customer_id = found_customer where id = c.id;
-    if c.attribution is not null and to_regclass('public.customers') is not null then
-      execute 'update public.customers set attribution = $2 where id = $1 and attribution = ''{}''::jsonb'
-        using found_customer, c.attribution;
+    if c.attribution is not null then
+      update public.customers cu set attribution = c.attribution
+      where cu.id = found_customer and cu.attribution = '{}'::jsonb;
     end if;
-    return;
-  end if;
-  if to_regprocedure('private.ingest_lead(uuid, text, jsonb)') is null then
     return;
   end if;
   lead_payload := jsonb_strip_nulls(jsonb_build_object(
@@ -210,7 +210,7 @@ begin
     if c.phone is null and c.email is null then
       return;
     end if;
-    execute 'select unique_lead_id from public.leads where id = $1' into lead_key using c.lead_id;
+    select x.unique_lead_id into lead_key from public.leads x where x.id = c.lead_id;
     if lead_key is null then
       return;
     end if;
@@ -218,7 +218,7 @@ begin
   end if;
   -- A failing lead (say, nothing to identify it by) must never lose the message: a savepoint.
   begin
-    execute 'select lead_id from private.ingest_lead($1, $2, $3)' into lead using c.tenant_id, c.channel, lead_payload;
+    select il.lead_id into lead from private.ingest_lead(c.tenant_id, c.channel, lead_payload) il;
     if lead.lead_id is not null and c.lead_id is null then
       update public.contacts set lead_id = lead.lead_id where id = c.id;
     end if;
@@ -226,16 +226,6 @@ begin
     raise warning 'inbox: no lead for contact % (%): %', c.id, c.channel, sqlerrm;
   end;
 end;
-$$;
-
--- The query that finds a customer by phone ($2) or e-mail ($3) in tenant $1; a function so the
--- CRM's column names live in one place.
-create or replace function private.inbox_customer_lookup_sql() returns text
-language sql immutable
-set search_path = ''
-as $$
-  select 'select c.id from public.customers c where c.tenant_id = $1 and ((c.phone is not null and c.phone = $2) '
-         'or (c.email is not null and lower(c.email::text) = $3)) order by (c.phone = $2) desc nulls last limit 1'
 $$;
 
 -- Is this WhatsApp identifier a business-scoped user id (BSUID: ISO country code, a period, up to 128
@@ -304,7 +294,6 @@ $$;
  *     number.
  * Every event touching one of these keys is serialised (advisory locks, in key order).
  */
-drop function if exists private.upsert_contact(uuid, text, text, text, text, text, jsonb);
 create or replace function private.upsert_contact(tenant uuid, channel text, handle text, display_name text,
                                                   phone text default null, email text default null,
                                                   attribution jsonb default null, scoped_id text default null,
@@ -465,12 +454,6 @@ $$;
  * message id, or null when the message was already there. The contact is the channel identity's
  * (`scoped_id`, else `handle`: see upsert_contact); `handle` may be null when `scoped_id` is given.
  */
-drop function if exists private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb,
-                                               text, text, text, text, text, text);
-drop function if exists private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb,
-                                               text, text, text, text, text, text, text, text);
-drop function if exists private.ingest_message(uuid, text, text, text, text, text, jsonb, jsonb, timestamptz, jsonb,
-                                               text, text, text, text, text, text, text, text, jsonb);
 create or replace function private.ingest_message(
   channel uuid, handle text, display_name text, provider_message_id text, msg_type text, body text,
   payload jsonb default '{}', attachments jsonb default '[]', occurred_at timestamptz default now(),
@@ -684,17 +667,14 @@ as $$
 declare
   cust uuid;
 begin
-  if to_regclass('public.customers') is null then
-    return;
-  end if;
   select ct.customer_id into cust from public.contacts ct where ct.id = contact;
   if cust is null then
     return;
   end if;
   if delta is null then
-    execute 'update public.customers set unread_messages = 0 where id = $1 and unread_messages <> 0' using cust;
+    update public.customers cu set unread_messages = 0 where cu.id = cust and cu.unread_messages <> 0;
   else
-    execute 'update public.customers set unread_messages = greatest(unread_messages + $2, 0) where id = $1' using cust, delta;
+    update public.customers cu set unread_messages = greatest(cu.unread_messages + delta, 0) where cu.id = cust;
   end if;
 end;
 $$;
@@ -719,9 +699,7 @@ begin
   if is_user and (caller_tenant is null or not (select private.can('inbox', 'read'))) then
     return '{}'::jsonb;
   end if;
-  if to_regclass('public.customers') is not null then
-    execute 'select lead_id from public.customers where id = $1' into cust_lead using customer;
-  end if;
+  select cu.lead_id into cust_lead from public.customers cu where cu.id = customer;
   select coalesce(jsonb_object_agg(channel, msgs), '{}'::jsonb) into result
   from (
     select r.channel, jsonb_agg(jsonb_build_object('id', r.id, 'conversation_id', r.conversation_id,
@@ -765,9 +743,7 @@ declare
   result jsonb;
   n int := least(greatest(coalesce("limit", 51), 1), 201);
 begin
-  if to_regclass('public.customers') is not null then
-    execute 'select lead_id from public.customers where id = $1' into cust_lead using customer;
-  end if;
+  select cu.lead_id into cust_lead from public.customers cu where cu.id = customer;
   select jsonb_agg(jsonb_build_object('id', r.id, 'conversation_id', r.conversation_id, 'direction', r.direction,
            'type', r.type, 'body', r.body, 'at', r.created_at, 'status', r.status,
            '_k', jsonb_build_array(r.created_at, r.id)) order by r.created_at desc, r.id desc) into result
@@ -1504,9 +1480,9 @@ declare
   same_tenant boolean;
 begin
   -- The customer must be one the caller can see, in the contact's tenant (RLS applies: invoker).
-  if customer is not null and to_regclass('public.customers') is not null then
-    execute 'select exists (select 1 from public.customers x join public.contacts y on y.tenant_id = x.tenant_id
-                            where x.id = $1 and y.id = $2)' into same_tenant using customer, contact;
+  if link_contact_customer.customer is not null then
+    select exists (select 1 from public.customers x join public.contacts y on y.tenant_id = x.tenant_id
+                   where x.id = link_contact_customer.customer and y.id = link_contact_customer.contact) into same_tenant;
     if not same_tenant then
       raise exception 'customer not found' using errcode = 'P0002';
     end if;
@@ -2431,7 +2407,7 @@ grant execute on function
   private.sms_segments(text), private.text_units(text, text), private.check_channel_limits(text, text, text, jsonb, jsonb),
   private.inbox_find_thread(uuid, text[]), private.inbox_thread_ids(text, jsonb, text[]),
   private.ingest_machine_mail(private.inbound_events),
-  private.inbox_link_contact(uuid), private.inbox_customer_lookup_sql(), private.inbox_customer_unread(uuid, int),
+  private.inbox_link_contact(uuid), private.inbox_customer_unread(uuid, int),
   private.upsert_contact(uuid, text, text, text, text, text, jsonb, text, text), private.merge_contacts(uuid, uuid),
   private.wa_is_bsuid(text), private.inbox_learn_wa_identity(uuid, text, text, text),
   private.process_whatsapp_event(private.inbound_events), private.process_meta_messaging_event(private.inbound_events),

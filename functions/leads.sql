@@ -21,7 +21,6 @@ $$;
 -- Priority engine (0-100, higher first): the source, the category, freshness (how old the lead was
 -- when it reached us, from the source's own timestamp) and the tenant's rules
 -- (settings.leads.priority: {"<source>": bonus}).
-drop function if exists private.lead_priority(text, text, jsonb);
 create or replace function private.lead_priority(source text, category text default null, rules jsonb default '{}',
                                                  age interval default null)
 returns int
@@ -76,7 +75,6 @@ $$;
 -- record (processing_logs), another person goes to lead_contacts, and a scored lead whose qualifying
 -- fields were filled goes back to RAW to be scored again.
 -- ---------------------------------------------------------------------------------------------
-drop function if exists private.ingest_lead(uuid, text, jsonb);
 create or replace function private.ingest_lead(tenant uuid, source text, payload jsonb)
 returns table (lead_id uuid, action text, warnings jsonb)
 language plpgsql
@@ -137,7 +135,6 @@ grant execute on function private.ingest_lead(uuid, text, jsonb) to service_role
 -- leads in one set-based pass by the rules above. Returns the counts (merged = rows that joined an
 -- existing lead or an earlier row of the batch; duplicates = rows kept for review); leaves one row
 -- per lead of the batch in pg_temp.lead_groups (lead_id, action) and removes the staging rows.
-drop function if exists private.ingest_staged(uuid, uuid, text);
 create or replace function private.ingest_staged(batch uuid, tenant uuid, source text, announce boolean default true)
 returns table (inserted int, merged int, duplicates int, rescored int, rejected int)
 language plpgsql
