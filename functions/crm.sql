@@ -777,7 +777,7 @@ grant execute on function private.crm_customer_messages(uuid, int) to authentica
  *   inventory     created_at, id
  *   work_orders   created_at desc, id desc (steps: the first 100 by position)
  *   merges        created_at desc, id desc
- *   messages      created_at desc, id desc; channel required (public.customer_messages in functions/inbox.sql)
+ *   messages      created_at desc, id desc; channel required (public.customer_messages, functions/inbox/customer_messages.sql)
  * Security invoker: RLS decides which rows the caller sees. A cursor of another list, or not a cursor,
  * is refused (PT422 invalid_cursor); an unknown list PT422 unknown_list.
  */
