@@ -1,8 +1,16 @@
 """Migration runner, compatible with the Supabase CLI's history table.
 
 Order: the Supabase shim (plain Postgres only), migrations/ (immutable, by version), then the
-repeatable files in functions/ and sql/ (re-applied when their checksum changes). One transaction
-per file; an advisory lock keeps two migrators from interleaving.
+repeatable files of functions/ and sql/, each folder in this order (`repeatable_files`):
+
+    <folder>/*.sql              the shared foundation (core, worker, ...), by file name
+    <folder>/<area>/*.sql       one chapter per topic of an area: areas by name, topics by name
+
+A repeatable file is re-applied when its checksum changes, and every one of them after a run that
+applied a migration (a migration may drop or alter what they define). Rows of the bookkeeping table
+for files that no longer exist (a file split or renamed) are forgotten: a moved file is a new file,
+never "changed history". One transaction per file; an advisory lock keeps two migrators from
+interleaving. `supabase db push` applies migrations/ only; `luna db migrate` then applies the rest.
 """
 
 from __future__ import annotations
@@ -45,7 +53,16 @@ def migration_files(root: Path = ROOT) -> list[Path]:
 
 
 def repeatable_files(root: Path = ROOT) -> list[Path]:
-    return sorted((root / "functions").glob("*.sql")) + sorted((root / "sql").glob("*.sql"))
+    """functions/ then sql/; in each, top-level files by name, then <area>/<topic>.sql by area and topic.
+
+    A file may use at creation time (a `language sql` body, a default, a trigger) only what comes before it.
+    """
+    files: list[Path] = []
+    for folder in (root / "functions", root / "sql"):
+        files += sorted(folder.glob("*.sql"))
+        for area in sorted(p for p in folder.glob("*") if p.is_dir()):
+            files += sorted(area.glob("*.sql"))
+    return files
 
 
 def shim_files(root: Path = ROOT) -> list[Path]:
@@ -101,8 +118,17 @@ def plan(conn: psycopg.Connection, root: Path = ROOT) -> Plan:
                 )
             continue
         result.migrations.append(path)
-    result.repeatables = [p for p in repeatable_files(root) if reps.get(_rel(p, root)) != checksum(p)]
+    everything = bool(result.migrations)  # a migration may have dropped or altered what they define
+    result.repeatables = [p for p in repeatable_files(root) if everything or reps.get(_rel(p, root)) != checksum(p)]
     return result
+
+
+def _forget_gone_repeatables(conn: psycopg.Connection, root: Path) -> list[str]:
+    """Bookkeeping rows of repeatable files that no longer exist (split, renamed, deleted)."""
+    present = [_rel(p, root) for p in repeatable_files(root) + shim_files(root)]
+    rows = conn.execute("delete from supabase_migrations.luna_repeatables where not (path = any(%s)) returning path",
+                        (present,)).fetchall()
+    return [r[0] for r in rows]
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -157,6 +183,7 @@ def migrate(url: str, root: Path = ROOT, progress=None) -> Plan:
                     if progress:
                         progress(kind, path)
                     apply_file(conn, path, root, kind)
+            _forget_gone_repeatables(conn, root)
             return todo
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (LOCK_KEY,))
