@@ -125,12 +125,34 @@ def test_moved_repeatable_is_a_new_file_not_changed_history(fresh_url, project_c
     assert "sql/zz/probe.sql" in paths and "sql/zz_probe.sql" not in paths
 
 
+DROP_PAGE = "drop function public.crm_board_page(uuid, uuid, text, jsonb, int);"
+
+
+def _board_page_exists(url) -> bool:
+    with psycopg.connect(url) as c:
+        return c.execute("select to_regprocedure('public.crm_board_page(uuid, uuid, text, jsonb, int)')").fetchone()[0] is not None
+
+
 def test_a_migration_reapplies_every_repeatable(fresh_url, project_copy):
     """A migration may drop what a repeatable file defines: the same run creates it again."""
     migrate.migrate(fresh_url, root=project_copy)
-    (project_copy / "migrations" / "29991231000000_drop.sql").write_text("drop function public.crm_board_page(uuid, uuid, text, jsonb, int);")
+    (project_copy / "migrations" / "29991231000000_drop.sql").write_text(DROP_PAGE)
     applied = migrate.migrate(fresh_url, root=project_copy)
     assert applied.migrations and len(applied.repeatables) == len(migrate.repeatable_files(project_copy))
-    with psycopg.connect(fresh_url) as c:
-        assert c.execute("select to_regprocedure('public.crm_board_page(uuid, uuid, text, jsonb, int)')").fetchone()[0]
+    assert _board_page_exists(fresh_url)
+    assert migrate.migrate(fresh_url, root=project_copy).empty
+
+
+def test_a_migration_pushed_by_the_supabase_cli_reapplies_every_repeatable(fresh_url, project_copy):
+    """`supabase db push` runs migrations only; the next `luna db migrate` re-applies the repeatables."""
+    migrate.migrate(fresh_url, root=project_copy)
+    (project_copy / "migrations" / "29991231000000_drop.sql").write_text(DROP_PAGE)
+    with psycopg.connect(fresh_url) as c:  # what the CLI does: run the file, record its version
+        c.execute(DROP_PAGE)
+        c.execute("insert into supabase_migrations.schema_migrations (version, statements, name) "
+                  "values ('29991231000000', %s, 'drop')", ([DROP_PAGE],))
+    assert not migrate.status(fresh_url, root=project_copy)["current"]
+    applied = migrate.migrate(fresh_url, root=project_copy)
+    assert not applied.migrations and len(applied.repeatables) == len(migrate.repeatable_files(project_copy))
+    assert _board_page_exists(fresh_url)
     assert migrate.migrate(fresh_url, root=project_copy).empty
