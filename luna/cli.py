@@ -59,7 +59,7 @@ def _migrate(url: str) -> migrator.Plan:
 # --------------------------------------------------------------------------------------------- db
 @db_app.command("migrate")
 def db_migrate():
-    """Apply pending migrations and changed repeatable SQL (functions/, sql/). A second run is a no-op."""
+    """Apply pending migrations, then changed repeatable SQL (functions/, sql/; all of it after a migration). A second run is a no-op."""
     applied = _migrate(_url())
     if applied.empty:
         console.print("already current: nothing to apply")

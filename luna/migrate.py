@@ -1,8 +1,18 @@
 """Migration runner, compatible with the Supabase CLI's history table.
 
 Order: the Supabase shim (plain Postgres only), migrations/ (immutable, by version), then the
-repeatable files in functions/ and sql/ (re-applied when their checksum changes). One transaction
-per file; an advisory lock keeps two migrators from interleaving.
+repeatable files of functions/ and sql/, each folder in this order (`repeatable_files`):
+
+    <folder>/*.sql              the shared foundation (core, worker, ...), by file name
+    <folder>/<area>/*.sql       one chapter per topic of an area: areas by name, topics by name
+
+A repeatable file is re-applied when its checksum changes, and every one of them once the set of
+applied migrations changed since they were last applied -- by this runner or by `supabase db push`
+(a migration may drop or alter what they define; the row MIGRATIONS_SEEN of the bookkeeping table
+holds the set they were applied after). Rows of the bookkeeping table
+for files that no longer exist (a file split or renamed) are forgotten: a moved file is a new file,
+never "changed history". One transaction per file; an advisory lock keeps two migrators from
+interleaving. `supabase db push` applies migrations/ only; `luna db migrate` then applies the rest.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import psycopg
 from . import ROOT
 
 LOCK_KEY = 0x4C554E41  # "LUNA"
+MIGRATIONS_SEEN = "migrations/"  # luna_repeatables row: digest of the migration versions repeatables followed
 MIGRATION_RE = re.compile(r"^(\d+)_(.+)\.sql$")
 
 
@@ -45,7 +56,16 @@ def migration_files(root: Path = ROOT) -> list[Path]:
 
 
 def repeatable_files(root: Path = ROOT) -> list[Path]:
-    return sorted((root / "functions").glob("*.sql")) + sorted((root / "sql").glob("*.sql"))
+    """functions/ then sql/; in each, top-level files by name, then <area>/<topic>.sql by area and topic.
+
+    A file may use at creation time (a `language sql` body, a default, a trigger) only what comes before it.
+    """
+    files: list[Path] = []
+    for folder in (root / "functions", root / "sql"):
+        files += sorted(folder.glob("*.sql"))
+        for area in sorted(p for p in folder.glob("*") if p.is_dir()):
+            files += sorted(area.glob("*.sql"))
+    return files
 
 
 def shim_files(root: Path = ROOT) -> list[Path]:
@@ -101,8 +121,24 @@ def plan(conn: psycopg.Connection, root: Path = ROOT) -> Plan:
                 )
             continue
         result.migrations.append(path)
-    result.repeatables = [p for p in repeatable_files(root) if reps.get(_rel(p, root)) != checksum(p)]
+    # a migration (ours or pushed by the Supabase CLI) may have dropped or altered what they define
+    everything = reps.get(MIGRATIONS_SEEN) != _versions_digest(versions, result.migrations)
+    result.repeatables = [p for p in repeatable_files(root) if everything or reps.get(_rel(p, root)) != checksum(p)]
     return result
+
+
+def _versions_digest(applied: set[str], pending: list[Path]) -> str:
+    """The migration versions applied once `pending` is: what the repeatables are applied after."""
+    after = applied | {MIGRATION_RE.match(p.name).group(1) for p in pending}
+    return hashlib.sha256("\n".join(sorted(after)).encode()).hexdigest()
+
+
+def _forget_gone_repeatables(conn: psycopg.Connection, root: Path) -> list[str]:
+    """Bookkeeping rows of repeatable files that no longer exist (split, renamed, deleted)."""
+    present = [_rel(p, root) for p in repeatable_files(root) + shim_files(root)] + [MIGRATIONS_SEEN]
+    rows = conn.execute("delete from supabase_migrations.luna_repeatables where not (path = any(%s)) returning path",
+                        (present,)).fetchall()
+    return [r[0] for r in rows]
 
 
 def _rel(path: Path, root: Path) -> str:
@@ -157,6 +193,14 @@ def migrate(url: str, root: Path = ROOT, progress=None) -> Plan:
                     if progress:
                         progress(kind, path)
                     apply_file(conn, path, root, kind)
+            versions, _, reps = _applied(conn)
+            digest = _versions_digest(versions, [])
+            if reps.get(MIGRATIONS_SEEN) != digest:
+                conn.execute(
+                    "insert into supabase_migrations.luna_repeatables (path, checksum) values (%s, %s) "
+                    "on conflict (path) do update set checksum = excluded.checksum, applied_at = now()",
+                    (MIGRATIONS_SEEN, digest))
+            _forget_gone_repeatables(conn, root)
             return todo
         finally:
             conn.execute("select pg_advisory_unlock(%s)", (LOCK_KEY,))

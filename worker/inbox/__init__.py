@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from ..registry import installed, queue
 
-# private.inbound_* and private.outbound_* (install_queue in functions/inbox.sql)
+# private.inbound_* and private.outbound_* (install_queue in functions/inbox/events.sql and outbound.sql)
 INBOUND = queue(installed("inbox_inbound", "inbound", dispatch_column="kind", id_type="bigint"))
 OUTBOUND = queue(installed("inbox_outbound", "outbound", dispatch_column="kind", id_type="uuid"))
 # Both wake on NOTIFY luna_inbox (inserts into inbound_events / outbound_messages).

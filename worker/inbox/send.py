@@ -92,7 +92,7 @@ async def wait_for_slot(row: dict) -> None:
 
 
 # ------------------------------------------------------------------------------------------ exactly once
-# Each step of a send commits on its own (functions/inbox.sql): the call is marked as started, the
+# Each step of a send commits on its own (functions/inbox/outbound.sql): the call is marked as started, the
 # provider's id is recorded the moment it answers, and only then is the batch settled. A message whose
 # worker dies, or whose settlement fails, after its call started goes to 'reconcile': settled from the
 # recorded id, never sent a second time. None of the providers here (WhatsApp Cloud API, Messenger /
