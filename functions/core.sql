@@ -169,13 +169,9 @@ declare
   complete_stmt text;
   wrapper text := $w$
     create or replace function private.%I(%s) returns %s
-    language plpgsql set search_path = '' as $body$
-    declare %s
-      r %s;
-    begin
-      with %s select %s into r from moved m;
-      return r;
-    end $body$$w$;
+    language sql set search_path = '' as $body$
+      with %s select %s from moved m
+    $body$$w$;
   ret text := format('q.%I::text as state', state);
 begin
   select string_agg(c, ', ') into missing
@@ -247,7 +243,7 @@ begin
               || case when has_result then '{"result": "h.arg"}'::jsonb else '{}' end);
   if private.queue_hook(queue, 'on_complete', t) is null and private.queue_hook(queue, 'after_complete', t) is null then
     execute format(wrapper, queue || '_complete', format('worker text, ids %s[], results jsonb[] default null', idtype),
-                   'int', '', 'int', complete_stmt, 'count(*)::int');
+                   'int', complete_stmt, 'count(*)::int');
   else
     execute format($f$
       create or replace function private.%I(worker text, ids %s[], results jsonb[] default null) returns int
@@ -281,7 +277,7 @@ begin
   retry_due := format('case when h.doubt is not null then now() when h.retry then %s else q.%I end', backoff, due);
   not_counted := 'case when h.doubt is not null then q.attempts else greatest(q.attempts - 1, 0) end';
   execute format(wrapper, queue || '_fail', format('worker text, row_id %s, error text, retryable boolean default true', idtype),
-    'text', '', 'text',
+    'text',
     private.queue_statement(queue, 'fail', t, doubt, answer => ret,
       arg => format('jsonb_build_object(''error'', error, ''retryable'', retryable, ''retry'', retryable and q.attempts < (%s))', max_attempts),
       retry => format('retryable and q.attempts < (%s)', max_attempts),
@@ -289,20 +285,20 @@ begin
       sets => lease_off || jsonb_build_object(state, retry_state, due, retry_due,
                                               'last_error', 'left(error || coalesce(''; '' || h.doubt, ''''), 4000)')),
     'm.state');
-  execute format(wrapper, queue || '_release', format('worker text, ids %s[] default null', idtype), 'int', '', 'int',
+  execute format(wrapper, queue || '_release', format('worker text, ids %s[] default null', idtype), 'int',
     private.queue_statement(queue, 'release', t, doubt, answer => ret, arg => 'null::jsonb',
       picks => 'where q.locked_by = worker and q.locked_until is not null and (ids is null or q.id = any(ids))',
       sets => lease_off || jsonb_build_object(state, format('(%s)::%s', back, statetype), 'attempts', not_counted,
         'last_error', 'case when h.doubt is not null then left(''handed back; '' || h.doubt, 4000) else q.last_error end')),
     'count(*)::int');
-  execute format(wrapper, queue || '_snooze', format('worker text, row_id %s, seconds int', idtype), 'text', '', 'text',
+  execute format(wrapper, queue || '_snooze', format('worker text, row_id %s, seconds int', idtype), 'text',
     private.queue_statement(queue, 'snooze', t, doubt, answer => ret, arg => 'jsonb_build_object(''seconds'', seconds)',
       picks => 'where q.id = row_id and q.locked_by = worker and q.locked_until is not null',
       sets => lease_off || jsonb_build_object(state, format('(%s)::%s', back, statetype), 'attempts', not_counted,
         due, 'case when h.doubt is not null then now() else now() + make_interval(secs => seconds) end',
         'last_error', 'case when h.doubt is not null then left(''snoozed; '' || h.doubt, 4000) else q.last_error end')),
     'm.state');
-  execute format(wrapper, queue || '_rescue', '', 'int', 'worker text;  -- none: the rescuer holds no lease', 'int',
+  execute format(wrapper, queue || '_rescue', '', 'int',
     private.queue_statement(queue, 'rescue', t, doubt, answer => ret,
       arg => format('jsonb_build_object(''retry'', q.attempts < (%s))', max_attempts),
       retry => format('q.attempts < (%s)', max_attempts),
@@ -402,9 +398,11 @@ begin
                 case when hook_after is not null then 'moved0' else 'moved' end, tbl, assignments, recheck, answer,
                 case when hook_after is not null then ', q as row_new, h.old as row_old, h.arg as row_arg' else '' end,
                 case when hook_after is not null then format(
-                  ', after as (select %s(worker, array_agg(m.row_old), array_agg(m.row_new), array_agg(m.row_arg)) '
+                  ', after as (select %s(%s, array_agg(m.row_old), array_agg(m.row_new), array_agg(m.row_arg)) '
                   'from moved0 m), moved as (select m.* from moved0 m where (select count(*) from after) >= 0)',
-                  hook_after::regproc::text) else '' end);
+                  hook_after::regproc::text,
+                  case when verb = 'rescue' then 'null::text' else 'worker' end) -- the rescuer holds no lease
+                else '' end);
 end;
 $$;
 
