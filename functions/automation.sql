@@ -1157,3 +1157,24 @@ as $$
 $$;
 revoke execute on function public.set_workflow_status(uuid, text) from public, anon;
 grant execute on function public.set_workflow_status(uuid, text) to authenticated, service_role;
+
+-- lead.created for every inserted lead, one statement per insert (a bulk import writes its events in
+-- one pass). The causing run is read once per statement, not per row: a function with SET is never
+-- inlined, and a 100,000-row import paid for each call.
+create or replace function private.automation_leads_inserted() returns trigger
+language plpgsql
+security definer
+set search_path = ''
+as $$
+declare
+  run uuid := private.automation_current_run();
+begin
+  insert into public.automation_events (tenant_id, type, subject_type, subject_id, lead_id, payload, caused_by_run)
+  select n.tenant_id, 'lead.created', 'lead', n.id, n.id,
+         jsonb_strip_nulls(jsonb_build_object('source', n.source, 'company_name', n.company_name,
+                                              'contact_name', n.contact_name, 'lead_category', n.lead_category)),
+         run
+  from new_rows n;
+  return null;
+end;
+$$;
